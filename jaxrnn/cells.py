@@ -1,0 +1,494 @@
+"""Recurrent cells as pure functions: vanilla RNN (tanh, relu), GRU and LSTM.
+
+A cell is a frozen, hashable bundle of hyperparameters with pure methods::
+
+    cell = jaxrnn.lstm(hidden_size=128)
+    params = cell.init(key, input_size=32)        # an LSTMParams NamedTuple
+    h, y = cell.step(params, None, x)             # (params, h, x) -> (h, y)
+
+Parameters follow PyTorch's layout and gate order, so weights move between
+``torch.nn.RNN/GRU/LSTM`` and jaxrnn without reshuffling (``G`` is the number of
+gates, ``H`` the hidden size, ``I`` the input size)::
+
+    w_ih: [G*H, I]   input-to-hidden weights, gates stacked along axis 0
+    w_hh: [G*H, H_out] hidden-to-hidden weights (H_out = proj_size or H)
+    b_ih: [G*H]      input bias (None when bias=False)
+    b_hh: [G*H]      hidden bias (None when bias=False)
+    w_hr: [proj_size, H]  LSTM projection (None when proj_size=0)
+
+    RNN:  G=1;  LSTM: G=4, gates (i, f, g, o);  GRU: G=3, gates (r, z, n).
+
+``x`` is ``[*batch, input_size]`` with any number of leading batch dimensions
+(none included); the state has the same batch dimensions.
+
+Parameters are stored in float32; a cell built with ``compute_dtype=jnp.bfloat16``
+runs its matrix products in bfloat16 with float32 accumulation and keeps the
+state and all gate arithmetic in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = [
+    "Cell",
+    "RNNParams",
+    "GRUParams",
+    "LSTMParams",
+    "LSTMState",
+    "rnn",
+    "gru",
+    "lstm",
+]
+
+
+class RNNParams(NamedTuple):
+    """Parameters of a vanilla RNN cell (``G = 1``), in ``torch.nn.RNN`` layout."""
+
+    w_ih: Array
+    w_hh: Array
+    b_ih: Optional[Array]
+    b_hh: Optional[Array]
+
+
+class GRUParams(NamedTuple):
+    """Parameters of a GRU cell (``G = 3``, gates r, z, n), ``torch.nn.GRU`` layout."""
+
+    w_ih: Array
+    w_hh: Array
+    b_ih: Optional[Array]
+    b_hh: Optional[Array]
+
+
+class LSTMParams(NamedTuple):
+    """Parameters of an LSTM cell (``G = 4``, gates i, f, g, o), ``torch.nn.LSTM`` layout."""
+
+    w_ih: Array
+    w_hh: Array
+    b_ih: Optional[Array]
+    b_hh: Optional[Array]
+    w_hr: Optional[Array] = None
+
+
+class LSTMState(NamedTuple):
+    """LSTM state: ``h`` is ``[*batch, proj_size or H]``, ``c`` is ``[*batch, H]``."""
+
+    h: Array
+    c: Array
+
+
+_KINDS = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+_PARAMS = {"rnn_tanh": RNNParams, "rnn_relu": RNNParams, "gru": GRUParams, "lstm": LSTMParams}
+_INITS = ("uniform", "orthogonal")
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: static hyperparameters plus pure functions.
+
+    Build one with :func:`rnn`, :func:`gru` or :func:`lstm` rather than directly.
+    Cells are hashable, so they can be closed over or passed as static arguments
+    to ``jax.jit`` without retracing on parameter values.
+
+    Attributes:
+      kind: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``.
+      hidden_size: ``H``.
+      proj_size: LSTM projection size (0 for none).
+      bias: whether the cell has ``b_ih`` and ``b_hh``.
+      init_scheme: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for every
+        tensor) or ``"orthogonal"`` (orthogonal recurrent weights, Glorot-uniform
+        input weights, zero biases).
+      forget_bias: if set, LSTM forget-gate biases are initialised so that
+        ``b_if + b_hf`` equals it (``b_hf = 0``), as Keras' ``unit_forget_bias``.
+      compute_dtype: dtype of the matrix-product operands (float32 or bfloat16).
+    """
+
+    kind: str
+    hidden_size: int
+    proj_size: int = 0
+    bias: bool = True
+    init_scheme: str = "uniform"
+    forget_bias: Optional[float] = None
+    compute_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if self.kind not in _KINDS:
+            raise ValueError(f"`kind` must be one of {sorted(_KINDS)}; got {self.kind!r}.")
+        if not isinstance(self.hidden_size, (int, np.integer)) or self.hidden_size < 1:
+            raise ValueError(f"`hidden_size` must be a positive int; got {self.hidden_size!r}.")
+        if not isinstance(self.proj_size, (int, np.integer)) or self.proj_size < 0:
+            raise ValueError(f"`proj_size` must be a non-negative int; got {self.proj_size!r}.")
+        if self.proj_size and self.kind != "lstm":
+            raise ValueError(f"`proj_size` is only supported by LSTM cells; got kind={self.kind!r}.")
+        if self.proj_size >= self.hidden_size and self.proj_size:
+            raise ValueError(
+                f"`proj_size` must be smaller than `hidden_size` ({self.hidden_size}); got {self.proj_size}."
+            )
+        if self.init_scheme not in _INITS:
+            raise ValueError(f"`init` must be one of {_INITS}; got {self.init_scheme!r}.")
+        dt = jnp.dtype(self.compute_dtype)
+        if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+            raise TypeError(f"`compute_dtype` must be float32, bfloat16 or float16; got {dt}.")
+        object.__setattr__(self, "compute_dtype", dt)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_gates(self) -> int:
+        return _KINDS[self.kind]
+
+    @property
+    def output_size(self) -> int:
+        """Size of ``h`` and of each output ``y``: ``proj_size`` or ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.kind == "lstm"
+
+    @property
+    def params_type(self) -> type:
+        return _PARAMS[self.kind]
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.proj_size:
+            extra += f", proj_size={self.proj_size}"
+        if not self.bias:
+            extra += ", bias=False"
+        if self.init_scheme != "uniform":
+            extra += f", init={self.init_scheme!r}"
+        if self.forget_bias is not None:
+            extra += f", forget_bias={self.forget_bias}"
+        if self.compute_dtype != jnp.float32:
+            extra += f", compute_dtype={self.compute_dtype.name}"
+        return f"{self.kind}(hidden_size={self.hidden_size}{extra})"
+
+    # ------------------------------------------------------------------- init
+    def init(self, key: Array, input_size: int, dtype=jnp.float32):
+        """Initial parameters for inputs of size ``input_size``.
+
+        Args:
+          key: a ``jax.random`` key.
+          input_size: ``I``, the size of each input vector.
+          dtype: parameter dtype (float32 by default).
+
+        Returns:
+          An ``RNNParams``, ``GRUParams`` or ``LSTMParams`` in PyTorch layout.
+        """
+        if not isinstance(input_size, (int, np.integer)) or input_size < 1:
+            raise ValueError(f"`input_size` must be a positive int; got {input_size!r}.")
+        H, G, Ho = self.hidden_size, self.num_gates, self.output_size
+        k_ih, k_hh, k_bi, k_bh, k_hr = jax.random.split(key, 5)
+        if self.init_scheme == "uniform":
+            bound = 1.0 / math.sqrt(H)
+            u = lambda k, shape: jax.random.uniform(k, shape, dtype, -bound, bound)
+            w_ih, w_hh = u(k_ih, (G * H, input_size)), u(k_hh, (G * H, Ho))
+            b_ih, b_hh = u(k_bi, (G * H,)), u(k_bh, (G * H,))
+            w_hr = u(k_hr, (Ho, H)) if self.proj_size else None
+        else:
+            glorot = jax.nn.initializers.glorot_uniform()
+            orth = jax.nn.initializers.orthogonal()
+            # Per-gate blocks, so each gate's recurrent matrix is itself orthogonal.
+            w_ih = jnp.concatenate(
+                [glorot(k, (H, input_size), dtype) for k in jax.random.split(k_ih, G)], axis=0
+            )
+            w_hh = jnp.concatenate([orth(k, (H, Ho), dtype) for k in jax.random.split(k_hh, G)], axis=0)
+            b_ih, b_hh = jnp.zeros((G * H,), dtype), jnp.zeros((G * H,), dtype)
+            w_hr = glorot(k_hr, (Ho, H), dtype) if self.proj_size else None
+        if self.forget_bias is not None and self.is_lstm:
+            b_ih = b_ih.at[H : 2 * H].set(self.forget_bias)
+            b_hh = b_hh.at[H : 2 * H].set(0.0)
+        if not self.bias:
+            b_ih = b_hh = None
+        if self.is_lstm:
+            return LSTMParams(w_ih, w_hh, b_ih, b_hh, w_hr)
+        return self.params_type(w_ih, w_hh, b_ih, b_hh)
+
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype=jnp.float32):
+        """Zero state for the given batch shape (``()`` for a single sequence)."""
+        batch_shape = tuple(batch_shape)
+        h = jnp.zeros(batch_shape + (self.output_size,), dtype)
+        if self.is_lstm:
+            return LSTMState(h, jnp.zeros(batch_shape + (self.hidden_size,), dtype))
+        return h
+
+    # ------------------------------------------------------------- checking
+    def check_params(self, params, name: str = "params") -> int:
+        """Checks ``params`` against this cell; returns the input size ``I``."""
+        ptype = self.params_type
+        if not isinstance(params, ptype):
+            raise TypeError(
+                f"`{name}` must be {ptype.__name__} for a {self!r} cell; got {type(params).__name__}."
+            )
+        H, G, Ho = self.hidden_size, self.num_gates, self.output_size
+        w_ih = params.w_ih
+        if getattr(w_ih, "ndim", None) != 2 or w_ih.shape[0] != G * H:
+            raise ValueError(
+                f"`{name}.w_ih` must have shape [{G * H}, input_size] for {self!r}; "
+                f"got {getattr(w_ih, 'shape', type(w_ih))}."
+            )
+        expected = {"w_hh": (G * H, Ho)}
+        if self.bias:
+            expected.update(b_ih=(G * H,), b_hh=(G * H,))
+        if self.proj_size:
+            expected["w_hr"] = (Ho, H)
+        for field, shape in expected.items():
+            value = getattr(params, field)
+            got = getattr(value, "shape", None if value is None else type(value))
+            if got != shape:
+                raise ValueError(f"`{name}.{field}` must have shape {list(shape)} for {self!r}; got {got}.")
+        absent = []
+        if not self.bias:
+            absent += ["b_ih", "b_hh"]
+        if self.is_lstm and not self.proj_size:
+            absent += ["w_hr"]
+        for field in absent:
+            if getattr(params, field) is not None:
+                raise ValueError(f"`{name}.{field}` must be None for {self!r}; got an array.")
+        for field in params._fields:
+            value = getattr(params, field)
+            if value is not None and not jnp.issubdtype(value.dtype, jnp.floating):
+                raise TypeError(f"`{name}.{field}` must be a floating-point array; got dtype {value.dtype}.")
+        return int(w_ih.shape[1])
+
+    def check_state(self, h, batch_shape: tuple, name: str = "h"):
+        """Validates a state (or None) for ``batch_shape``; returns it as float arrays."""
+        if h is None:
+            return self.initial_state(batch_shape)
+        if self.is_lstm:
+            if not (isinstance(h, (tuple, list)) and len(h) == 2):
+                raise TypeError(
+                    f"`{name}` must be an (h, c) pair (LSTMState) for an LSTM cell; got {_describe(h)}."
+                )
+            parts = ((f"{name}.h", h[0], self.output_size), (f"{name}.c", h[1], self.hidden_size))
+        else:
+            if isinstance(h, (tuple, list)):
+                raise TypeError(f"`{name}` must be a single array for a {self.kind} cell; got {_describe(h)}.")
+            parts = ((name, h, self.output_size),)
+        out = []
+        for label, arr, size in parts:
+            if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+                raise TypeError(f"`{label}` must be an array; got {type(arr).__name__}.")
+            want = tuple(batch_shape) + (size,)
+            if tuple(arr.shape) != want:
+                raise ValueError(f"`{label}` must have shape {list(want)}; got {tuple(arr.shape)}.")
+            if not jnp.issubdtype(arr.dtype, jnp.floating):
+                raise TypeError(f"`{label}` must be a floating-point array; got dtype {arr.dtype}.")
+            out.append(jnp.asarray(arr))
+        return LSTMState(*out) if self.is_lstm else out[0]
+
+    # ---------------------------------------------------------- computation
+    def project(self, params, xs: Array) -> Array:
+        """Input projection for every gate, ``xs @ w_ih.T`` plus the foldable biases.
+
+        Works on any leading shape: ``[..., I] -> [..., G*H]``. For LSTM and RNN both
+        biases are folded in here; for GRU only ``b_ih`` (``b_hh`` stays inside
+        ``r * (W_hn h + b_hn)`` and is added in :meth:`recurrent`).
+        """
+        gx = _matmul(xs, params.w_ih, self.compute_dtype)
+        if self.bias:
+            b = params.b_ih if self.kind == "gru" else params.b_ih + params.b_hh
+            gx = gx + b.astype(jnp.float32)
+        return gx
+
+    def recurrent_bias(self, params) -> Optional[Array]:
+        """The bias added to ``h @ w_hh.T`` inside the loop (GRU only)."""
+        return params.b_hh if (self.bias and self.kind == "gru") else None
+
+    def pointwise(self, gx: Array, a: Array, carry: tuple) -> tuple:
+        """Gate arithmetic of one step, given both pre-activations.
+
+        Args:
+          gx: projected input ``[N, G*H]``.
+          a: recurrent term ``h @ w_hh.T (+ b_hh for GRU)``, ``[N, G*H]``; for
+            RNN and LSTM it may be None when ``gx`` already holds the sum.
+          carry: the previous state as a tuple, ``(h,)`` or ``(h, c)``.
+
+        Returns:
+          ``(r,)`` or ``(r, c_new)``: the new state before the LSTM projection
+          (``r`` is the new ``h`` for every cell but a projected LSTM).
+        """
+        H = self.hidden_size
+        if self.kind == "gru":
+            rz = jax.nn.sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
+            r, z = rz[..., :H], rz[..., H:]
+            n = jnp.tanh(gx[..., 2 * H :] + r * a[..., 2 * H :])
+            return (n + z * (carry[0] - n),)
+        s = gx if a is None else gx + a
+        if self.kind == "rnn_tanh":
+            return (jnp.tanh(s),)
+        if self.kind == "rnn_relu":
+            return (jax.nn.relu(s),)
+        i = jax.nn.sigmoid(s[..., :H])
+        f = jax.nn.sigmoid(s[..., H : 2 * H])
+        g = jnp.tanh(s[..., 2 * H : 3 * H])
+        o = jax.nn.sigmoid(s[..., 3 * H :])
+        c = f * carry[1] + i * g
+        return (o * jnp.tanh(c), c)
+
+    def step(self, params, h, x: Array):
+        """One time step, ``(params, h, x) -> (h, y)``.
+
+        Equations (PyTorch's), with ``σ`` the logistic sigmoid and ``*`` elementwise:
+
+        * RNN:  ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, ``act`` = tanh or relu.
+        * GRU:  ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``,
+          ``z = σ(W_iz x + b_iz + W_hz h + b_hz)``,
+          ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+        * LSTM: ``i, f, o = σ(·)``, ``g = tanh(·)`` of ``W_i* x + b_i* + W_h* h + b_h*``,
+          ``c' = f * c + i * g``, ``h' = o * tanh(c')`` (then ``h' = W_hr h'`` with
+          ``proj_size``).
+
+        Args:
+          params: this cell's params.
+          h: the state, ``[*batch, H_out]`` (an ``(h, c)`` pair for LSTM), or None
+            for zeros.
+          x: the input, ``[*batch, input_size]``.
+
+        Returns:
+          ``(h, y)``: the new state and the output ``y`` (equal to the new ``h``).
+        """
+        input_size = self.check_params(params)
+        x = check_input(x, input_size, min_rank=1, name="x")
+        batch_shape = tuple(x.shape[:-1])
+        state = self.check_state(h, batch_shape)
+        carry = tuple(state) if self.is_lstm else (state,)
+        new_carry, y = self.cell_update(params, self.project(params, x), carry)
+        return (LSTMState(*new_carry) if self.is_lstm else new_carry[0]), y
+
+    def cell_update(self, params, gx: Array, carry: tuple):
+        """One step from projected input ``gx``: returns ``(new_carry, y)`` (no checks)."""
+        a = _matmul(carry[0], params.w_hh, self.compute_dtype)
+        b = self.recurrent_bias(params)
+        if b is not None:
+            a = a + b.astype(jnp.float32)
+        new = self.pointwise(gx, a, carry)
+        h = new[0]
+        if self.proj_size:
+            h = _matmul(h, params.w_hr, self.compute_dtype)
+        new = (h,) + tuple(new[1:])
+        new = tuple(n.astype(c.dtype) for n, c in zip(new, carry))
+        return new, new[0]
+
+
+def _matmul(x: Array, w: Array, compute_dtype) -> Array:
+    """``x @ w.T`` with operands in ``compute_dtype`` and a float32 result."""
+    return jnp.einsum(
+        "...i,gi->...g",
+        x.astype(compute_dtype),
+        w.astype(compute_dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
+def _describe(x) -> str:
+    if isinstance(x, (tuple, list)):
+        return f"{type(x).__name__} of length {len(x)}"
+    if hasattr(x, "shape"):
+        return f"an array of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def check_input(x, input_size: int, *, min_rank: int, name: str) -> Array:
+    """Checks an input array's type, rank and feature size at trace time."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        try:
+            x = jnp.asarray(x)
+        except TypeError:
+            raise TypeError(f"`{name}` must be an array; got {type(x).__name__}.") from None
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a floating-point array; got dtype {x.dtype} (cast it, e.g. x.astype(jnp.float32))."
+        )
+    if x.ndim < min_rank:
+        raise ValueError(f"`{name}` must have rank >= {min_rank} (…, {input_size}); got shape {tuple(x.shape)}.")
+    if x.shape[-1] != input_size:
+        raise ValueError(
+            f"`{name}` must have feature size {input_size} (its last axis); got shape {tuple(x.shape)}."
+        )
+    return jnp.asarray(x)
+
+
+def _make(kind, hidden_size, *, proj_size=0, bias=True, init="uniform", forget_bias=None, compute_dtype=jnp.float32):
+    return Cell(
+        kind=kind,
+        hidden_size=hidden_size,
+        proj_size=proj_size,
+        bias=bias,
+        init_scheme=init,
+        forget_bias=forget_bias,
+        compute_dtype=compute_dtype,
+    )
+
+
+def rnn(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True, init: str = "uniform",
+        compute_dtype=jnp.float32) -> Cell:
+    """A vanilla (Elman) RNN cell, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
+
+    Args:
+      hidden_size: ``H``.
+      nonlinearity: ``"tanh"`` or ``"relu"``.
+      bias: whether to use ``b_ih`` and ``b_hh``.
+      init: ``"uniform"`` (PyTorch's default) or ``"orthogonal"``.
+      compute_dtype: float32 or bfloat16 matrix products.
+
+    Example:
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.rnn(8, nonlinearity="relu")
+      >>> params = cell.init(jax.random.key(0), input_size=3)
+      >>> h, y = cell.step(params, None, jax.numpy.ones((2, 3)))
+      >>> h.shape
+      (2, 8)
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"`nonlinearity` must be 'tanh' or 'relu'; got {nonlinearity!r}.")
+    return _make(f"rnn_{nonlinearity}", hidden_size, bias=bias, init=init, compute_dtype=compute_dtype)
+
+
+def gru(hidden_size: int, *, bias: bool = True, init: str = "uniform", compute_dtype=jnp.float32) -> Cell:
+    """A GRU cell with PyTorch's equations (``b_hn`` inside ``r * (W_hn h + b_hn)``).
+
+    Example:
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.gru(16)
+      >>> params = cell.init(jax.random.key(0), input_size=4)
+      >>> params.w_ih.shape, params.w_hh.shape
+      ((48, 4), (48, 16))
+    """
+    return _make("gru", hidden_size, bias=bias, init=init, compute_dtype=compute_dtype)
+
+
+def lstm(hidden_size: int, *, proj_size: int = 0, bias: bool = True, init: str = "uniform",
+         forget_bias: Optional[float] = None, compute_dtype=jnp.float32) -> Cell:
+    """An LSTM cell (gates i, f, g, o), optionally with a projection as in torch.
+
+    Args:
+      hidden_size: ``H``, the size of the cell state ``c``.
+      proj_size: if > 0, ``h = W_hr (o * tanh(c))`` has this size.
+      bias: whether to use ``b_ih`` and ``b_hh``.
+      init: ``"uniform"`` (PyTorch's default) or ``"orthogonal"``.
+      forget_bias: initial value of the forget-gate bias (e.g. 1.0), or None.
+      compute_dtype: float32 or bfloat16 matrix products.
+
+    Example:
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.lstm(8)
+      >>> params = cell.init(jax.random.key(0), input_size=3)
+      >>> (h, c), y = cell.step(params, None, jax.numpy.ones((3,)))
+      >>> h.shape, c.shape
+      ((8,), (8,))
+    """
+    return _make("lstm", hidden_size, proj_size=proj_size, bias=bias, init=init, forget_bias=forget_bias,
+                 compute_dtype=compute_dtype)

@@ -1,0 +1,330 @@
+"""Networks of cells: stacks, bidirectional layers, dropout between layers, a dense head.
+
+A network keeps the cell convention, ``(params, h, xs) -> (h, ys)``::
+
+    net = jaxrnn.stack([jaxrnn.gru(64), jaxrnn.lstm(32)], bidirectional=True, dropout=0.1, head=10)
+    params = net.init(key, input_size=8)
+    h, ys = net(params, None, xs, seq_lengths=lengths, key=dropout_key)
+
+A bidirectional layer runs, for every sequence,::
+
+    h_fwd, ys_fwd = unroll(fwd_cell, ..., xs, seq_lengths)                 # t = 0 .. L-1
+    h_bwd, ys_bwd = unroll(bwd_cell, ..., xs, seq_lengths, reverse=True)   # t = L-1 .. 0
+    ys = concatenate([ys_fwd, ys_bwd], axis=-1)
+
+so padding never enters the backward direction first, exactly like PyTorch on a packed
+sequence. Dropout (probability ``dropout``) is applied to the outputs of every layer
+but the last, only when a ``key`` is passed; without a key the network is deterministic.
+
+The state ``h`` of a network is a tuple with one entry per layer: the cell's state, or a
+:class:`Bidirectional` ``(forward, backward)`` pair of states. ``None`` means zeros.
+A unidirectional stack is also a cell: :meth:`Stack.step` advances every layer by one
+time step (TensorFlow's ``MultiRNNCell``), for generating token by token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import scan as _scan
+from jaxrnn.cells import Cell, check_input
+
+Array = jax.Array
+
+__all__ = ["Stack", "StackParams", "DenseParams", "Bidirectional", "stack"]
+
+
+class DenseParams(NamedTuple):
+    """A dense layer in ``torch.nn.Linear`` layout: ``y = x @ w.T + b``, ``w: [out, in]``."""
+
+    w: Array
+    b: Array
+
+
+class Bidirectional(NamedTuple):
+    """A (forward, backward) pair: the params or the state of a bidirectional layer."""
+
+    forward: Any
+    backward: Any
+
+
+class StackParams(NamedTuple):
+    """Params of a :class:`Stack`: one entry per layer, and the head's (or None)."""
+
+    layers: tuple
+    head: Optional[DenseParams] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """A stack of recurrent layers; build it with :func:`stack`."""
+
+    cells: tuple
+    bidirectional: bool = False
+    dropout: float = 0.0
+    head: Optional[int] = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.cells)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Feature size of ``ys``: the head's size, or the last layer's (times 2 if bidirectional)."""
+        if self.head is not None:
+            return self.head
+        return self.cells[-1].output_size * self.num_directions
+
+    def __repr__(self) -> str:
+        opts = ""
+        if self.bidirectional:
+            opts += ", bidirectional=True"
+        if self.dropout:
+            opts += f", dropout={self.dropout}"
+        if self.head is not None:
+            opts += f", head={self.head}"
+        return f"stack([{', '.join(map(repr, self.cells))}]{opts})"
+
+    # ------------------------------------------------------------------ init
+    def init(self, key: Array, input_size: int) -> StackParams:
+        """Initial params for inputs of size ``input_size``."""
+        keys = jax.random.split(key, self.num_layers + 1)
+        layers, size = [], input_size
+        for cell, k in zip(self.cells, keys[:-1]):
+            if self.bidirectional:
+                kf, kb = jax.random.split(k)
+                layers.append(Bidirectional(cell.init(kf, size), cell.init(kb, size)))
+            else:
+                layers.append(cell.init(k, size))
+            size = cell.output_size * self.num_directions
+        head = None
+        if self.head is not None:
+            bound = 1.0 / math.sqrt(size)
+            kw, kb = jax.random.split(keys[-1])
+            head = DenseParams(
+                jax.random.uniform(kw, (self.head, size), jnp.float32, -bound, bound),
+                jax.random.uniform(kb, (self.head,), jnp.float32, -bound, bound),
+            )
+        return StackParams(tuple(layers), head)
+
+    def initial_state(self, batch_shape: Sequence[int] = ()) -> tuple:
+        """Zero state: a tuple with one entry per layer."""
+        states = []
+        for cell in self.cells:
+            s = cell.initial_state(batch_shape)
+            states.append(Bidirectional(s, cell.initial_state(batch_shape)) if self.bidirectional else s)
+        return tuple(states)
+
+    # -------------------------------------------------------------- checking
+    def check_params(self, params, name: str = "params") -> int:
+        """Checks ``params`` against this network; returns the input size."""
+        if not isinstance(params, StackParams):
+            raise TypeError(f"`{name}` must be StackParams for {self!r}; got {type(params).__name__}.")
+        if len(params.layers) != self.num_layers:
+            raise ValueError(
+                f"`{name}.layers` must have {self.num_layers} entries for {self!r}; got {len(params.layers)}."
+            )
+        input_size = size = None
+        for l, (cell, p) in enumerate(zip(self.cells, params.layers)):
+            label = f"{name}.layers[{l}]"
+            if self.bidirectional:
+                if not isinstance(p, Bidirectional):
+                    raise TypeError(f"`{label}` must be Bidirectional(forward, backward); got {type(p).__name__}.")
+                sizes = {cell.check_params(p.forward, f"{label}.forward"),
+                         cell.check_params(p.backward, f"{label}.backward")}
+                if len(sizes) != 1:
+                    raise ValueError(f"`{label}`: forward and backward input sizes differ: {sorted(sizes)}.")
+                got = sizes.pop()
+            else:
+                got = cell.check_params(p, label)
+            if l == 0:
+                input_size = got
+            elif got != size:
+                raise ValueError(
+                    f"`{label}.w_ih` must take the previous layer's {size} features; got input size {got}."
+                )
+            size = cell.output_size * self.num_directions
+        if self.head is None:
+            if params.head is not None:
+                raise ValueError(f"`{name}.head` must be None: {self!r} has no head.")
+        else:
+            want = {"w": (self.head, size), "b": (self.head,)}
+            if not isinstance(params.head, DenseParams):
+                raise TypeError(f"`{name}.head` must be DenseParams; got {type(params.head).__name__}.")
+            for field, shape in want.items():
+                got = tuple(getattr(params.head, field).shape)
+                if got != shape:
+                    raise ValueError(f"`{name}.head.{field}` must have shape {list(shape)}; got {got}.")
+        return input_size
+
+    def check_state(self, h, batch_shape: tuple, name: str = "h") -> tuple:
+        if h is None:
+            return self.initial_state(batch_shape)
+        if not isinstance(h, (tuple, list)) or len(h) != self.num_layers:
+            raise TypeError(
+                f"`{name}` must be a tuple with one state per layer ({self.num_layers}) or None; "
+                f"got {_describe(h)}."
+            )
+        out = []
+        for l, (cell, s) in enumerate(zip(self.cells, h)):
+            if self.bidirectional:
+                if not (isinstance(s, (tuple, list)) and len(s) == 2):
+                    raise TypeError(f"`{name}[{l}]` must be a Bidirectional(forward, backward) pair; got {_describe(s)}.")
+                out.append(Bidirectional(cell.check_state(s[0], batch_shape, f"{name}[{l}].forward"),
+                                         cell.check_state(s[1], batch_shape, f"{name}[{l}].backward")))
+            else:
+                out.append(cell.check_state(s, batch_shape, f"{name}[{l}]"))
+        return tuple(out)
+
+    # --------------------------------------------------------------- running
+    def __call__(
+        self,
+        params: StackParams,
+        h,
+        xs: Array,
+        *,
+        seq_lengths: Optional[Array] = None,
+        key: Optional[Array] = None,
+        time_major: bool = False,
+        unroll: Optional[int] = None,
+        remat: Union[bool, int] = False,
+        custom_vjp: bool = True,
+    ):
+        """Runs the network over a sequence: ``(params, h, xs) -> (h, ys)``.
+
+        Args:
+          params: from :meth:`init`.
+          h: a tuple of per-layer states, or None for zeros.
+          xs: ``[*batch, T, input_size]`` (``[T, *batch, input_size]`` if ``time_major``).
+          seq_lengths: optional ``[*batch]`` integer lengths (see :func:`jaxrnn.unroll`).
+          key: PRNG key for dropout between layers; None disables dropout.
+          time_major, unroll, remat, custom_vjp: as in :func:`jaxrnn.unroll`.
+
+        Returns:
+          ``(h, ys)``: per-layer final states and the outputs of the last layer
+          (after the head, if any), ``[*batch, T, output_size]``.
+        """
+        input_size = self.check_params(params)
+        xs = check_input(xs, input_size, min_rank=2, name="xs")
+        xs_TNI, batch_shape, restore = _scan.to_time_major(xs, time_major)
+        T = xs_TNI.shape[0]
+        lengths = _scan.check_seq_lengths(seq_lengths, batch_shape, T)
+        states = self.check_state(h, batch_shape)
+        if key is not None and self.dropout > 0:
+            keys = list(jax.random.split(key, self.num_layers))
+        else:
+            keys = None
+        opts = dict(unroll=unroll, remat=remat, custom_vjp=custom_vjp)
+        new_states, ys = [], xs_TNI
+        for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
+            if self.bidirectional:
+                cf, yf = _scan.run(cell, p.forward, _scan.flatten_state(cell, s.forward), ys, lengths, **opts)
+                cb, yb = _scan.run(cell, p.backward, _scan.flatten_state(cell, s.backward), ys, lengths,
+                                   reverse=True, **opts)
+                new_states.append(Bidirectional(_scan.unflatten_state(cell, cf, batch_shape),
+                                                _scan.unflatten_state(cell, cb, batch_shape)))
+                ys = jnp.concatenate([yf, yb], axis=-1)
+            else:
+                c, ys = _scan.run(cell, p, _scan.flatten_state(cell, s), ys, lengths, **opts)
+                new_states.append(_scan.unflatten_state(cell, c, batch_shape))
+            if keys is not None and l < self.num_layers - 1:
+                ys = _dropout(keys[l], ys, self.dropout)
+        if params.head is not None:
+            ys = dense(params.head, ys)
+        return tuple(new_states), restore(ys)
+
+    def step(self, params: StackParams, h, x: Array, *, key: Optional[Array] = None):
+        """One time step through every layer, ``(params, h, x) -> (h, y)``.
+
+        Only for unidirectional stacks (a backward direction needs the whole sequence).
+        ``x`` is ``[*batch, input_size]``; ``y`` is the head's output if there is one.
+        """
+        if self.bidirectional:
+            raise ValueError("`step` needs a unidirectional stack: a backward direction needs the whole sequence.")
+        input_size = self.check_params(params)
+        x = check_input(x, input_size, min_rank=1, name="x")
+        batch_shape = tuple(x.shape[:-1])
+        states = self.check_state(h, batch_shape)
+        keys = list(jax.random.split(key, self.num_layers)) if (key is not None and self.dropout > 0) else None
+        new_states, y = [], x
+        for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
+            carry = tuple(s) if cell.is_lstm else (s,)
+            carry, y = cell.cell_update(p, cell.project(p, y), carry)
+            new_states.append(type(s)(*carry) if cell.is_lstm else carry[0])
+            if keys is not None and l < self.num_layers - 1:
+                y = _dropout(keys[l], y, self.dropout)
+        if params.head is not None:
+            y = dense(params.head, y)
+        return tuple(new_states), y
+
+
+def dense(params: DenseParams, x: Array) -> Array:
+    """``x @ w.T + b`` over the last axis."""
+    return jnp.einsum("...i,oi->...o", x, params.w) + params.b
+
+
+def _dropout(key, x, rate):
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _describe(x) -> str:
+    if isinstance(x, (tuple, list)):
+        return f"{type(x).__name__} of length {len(x)}"
+    if hasattr(x, "shape"):
+        return f"an array of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def stack(
+    cells: Union[Cell, Sequence[Cell]],
+    *,
+    num_layers: Optional[int] = None,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    head: Optional[int] = None,
+) -> Stack:
+    """A network of recurrent layers (see the module docstring).
+
+    Args:
+      cells: one cell per layer (mixed types allowed, e.g. ``[gru(64), lstm(32)]``),
+        or a single cell repeated ``num_layers`` times.
+      num_layers: with a single cell, how many layers.
+      bidirectional: every layer runs both directions; outputs are concatenated.
+      dropout: dropout probability on the outputs of every layer but the last.
+      head: if set, a dense layer mapping the last layer's outputs to ``head`` features.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxrnn
+      >>> net = jaxrnn.stack([jaxrnn.gru(8), jaxrnn.lstm(4)], bidirectional=True, head=3)
+      >>> params = net.init(jax.random.key(0), input_size=5)
+      >>> h, ys = net(params, None, jnp.ones((2, 7, 5)), seq_lengths=jnp.array([7, 3]))
+      >>> ys.shape, len(h)
+      ((2, 7, 3), 2)
+    """
+    if isinstance(cells, Cell):
+        cells = (cells,) * (1 if num_layers is None else int(num_layers))
+    else:
+        cells = tuple(cells)
+        if num_layers is not None and num_layers != len(cells):
+            raise ValueError(f"`num_layers` ({num_layers}) disagrees with the {len(cells)} cells given.")
+    if not cells:
+        raise ValueError("`cells` must hold at least one cell.")
+    for i, c in enumerate(cells):
+        if not isinstance(c, Cell):
+            raise TypeError(f"`cells[{i}]` must be a jaxrnn Cell; got {type(c).__name__}.")
+    if not (0.0 <= float(dropout) < 1.0):
+        raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
+    if head is not None and (not isinstance(head, (int, np.integer)) or head < 1):
+        raise ValueError(f"`head` must be a positive int or None; got {head!r}.")
+    return Stack(cells=cells, bidirectional=bool(bidirectional), dropout=float(dropout), head=head)
