@@ -47,6 +47,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -148,6 +149,8 @@ def shard_batch(batch: Any, mesh: Mesh, *, axis_name: str = "data") -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Puts a full copy of every leaf of ``tree`` (params, optimizer state) on every device.
 
+    The result never aliases ``tree``'s buffers (even when a leaf already sits where it
+    should), so a train step that donates the replicated state leaves ``tree`` intact.
     On several hosts every process must pass the same values.
 
     Example:
@@ -162,9 +165,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     multi = jax.process_count() > 1
 
     def put(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return jax.device_put(x, sharding)
-        if not hasattr(x, "shape"):
+        if isinstance(x, jax.Array):
+            # A copy first: device_put(..., may_alias=False) still hands the source
+            # buffer to one of the devices when replicating onto several (jax 0.10).
+            x = jnp.array(x, copy=True)
+            if not x.is_fully_addressable:
+                return jax.device_put(x, sharding)
+        elif not hasattr(x, "shape"):
             x = np.asarray(x)
         return _put(x, sharding, multi)
 

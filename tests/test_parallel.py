@@ -91,6 +91,9 @@ def _max_diff(a, b):
 def child_single_host():
     mesh = parallel.data_mesh()
     out = {"device_count": jax.device_count(), "mesh_size": int(mesh.shape["data"]), "configs": {}}
+    x = jnp.ones((3, 4))
+    out["replicate_aliases"] = any(s.data.unsafe_buffer_pointer() == x.unsafe_buffer_pointer()
+                                   for s in parallel.replicate(x, mesh).addressable_shards)
     steps = {}
     for i, (name, build) in enumerate(CONFIGS.items()):
         net = build()
@@ -234,6 +237,11 @@ def test_step_on_8_devices_equals_1_device(name):
     assert r["loss_diff"] <= TOL and r["grad_diff"] <= TOL and r["param_diff"] <= TOL, r
 
 
+def test_replicate_never_aliases_its_input():
+    # A donating train step on the replicated state must leave the caller's params alive.
+    assert single_host_results()["replicate_aliases"] is False
+
+
 def test_non_divisible_batch_raises_clear_error():
     msg = single_host_results()["error"]
     assert msg is not None
@@ -269,6 +277,7 @@ def test_data_mesh_and_replicate_in_process():
     assert type(rep) is type(params)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(rep)):
         assert b.sharding.is_fully_replicated
+        assert a.unsafe_buffer_pointer() != b.addressable_shards[0].data.unsafe_buffer_pointer()
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     sb = parallel.shard_batch({"xs": np.ones((3, 2)), "scale": 2.0}, mesh, axis_name="batch")
     assert sb["xs"].sharding.spec == jax.sharding.PartitionSpec("batch") and sb["scale"].shape == ()
