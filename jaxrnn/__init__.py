@@ -1,30 +1,61 @@
-"""jaxrnn: recurrent neural networks in JAX, exact to PyTorch and fast."""
+"""jaxrnn: recurrent neural networks in JAX, exact to PyTorch and fast.
 
+The public surface, small on purpose:
+
+* cells (``rnn``, ``gru``, ``lstm``) -- bundles of pure functions over NamedTuple params
+  in PyTorch's layout: ``cell.init``, ``cell.step(params, h, x) -> (h, y)``;
+* ``unroll(cell, params, h, xs) -> (h, ys)`` -- a cell over a sequence with ``lax.scan``;
+* ``stack(...)`` -- stacks, bidirectional layers, dropout, a dense head; itself
+  ``(params, h, xs) -> (h, ys)``;
+* ``from_torch`` / ``to_torch`` / ``to_torch_state_dict`` -- PyTorch interop;
+* ``jaxrnn.train`` -- optax train state, steps, fit loop, losses, checkpoints, sampling;
+* ``jaxrnn.parallel`` -- data parallelism over a ``jax.sharding.Mesh``.
+"""
+
+from jaxrnn import parallel, train
 from jaxrnn.cells import Cell, GRUParams, LSTMParams, LSTMState, RNNParams, gru, lstm, rnn
-from jaxrnn.scan import default_unroll, unroll
-from jaxrnn.layers import Bidirectional, DenseParams, Stack, StackParams, stack
 from jaxrnn.interop.torch import TorchRNN, from_torch, to_torch, to_torch_state_dict
+from jaxrnn.layers import Bidirectional, DenseParams, Stack, StackParams, stack
+from jaxrnn.scan import default_unroll, unroll
+from jaxrnn.train import (
+    TrainState,
+    fit,
+    generate,
+    make_eval_step,
+    make_train_step,
+    restore_checkpoint,
+    save_checkpoint,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bidirectional",
-    "DenseParams",
-    "Stack",
-    "StackParams",
-    "TorchRNN",
-    "from_torch",
-    "stack",
-    "to_torch",
-    "to_torch_state_dict",
     "Cell",
+    "DenseParams",
     "GRUParams",
     "LSTMParams",
     "LSTMState",
     "RNNParams",
+    "Stack",
+    "StackParams",
+    "TorchRNN",
+    "TrainState",
     "default_unroll",
+    "fit",
+    "from_torch",
+    "generate",
     "gru",
     "lstm",
+    "make_eval_step",
+    "make_train_step",
+    "parallel",
+    "restore_checkpoint",
     "rnn",
+    "save_checkpoint",
+    "stack",
+    "to_torch",
+    "to_torch_state_dict",
+    "train",
     "unroll",
 ]
