@@ -144,8 +144,10 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, jit:
         (None when ``step`` gets None).
       tx: the optax transformation; ``state.opt_state`` must come from ``tx.init``.
       jit: compile the step with :func:`jax.jit`.
-      donate: with ``jit``, donate the input ``state``'s buffers to the output (the
-        state passed in must not be used again; :func:`fit` copies it first).
+      donate: with ``jit``, donate the input ``state``'s buffers to the output: the
+        state passed in, and arrays it shares (such as the ``params`` given to
+        :meth:`TrainState.create`), must not be used again. :func:`fit` copies the
+        state first, so its caller's arrays survive.
       mesh: an optional :class:`jax.sharding.Mesh`; each batch is sharded over its
         ``"data"`` axis with :func:`jaxrnn.parallel.shard_batch` (the state should be
         replicated, see :func:`jaxrnn.parallel.replicate`; :func:`fit` does it).
@@ -225,7 +227,8 @@ def _evaluate(eval_step, params, eval_data, mesh):
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         n += 1
     if n == 0:
-        raise ValueError("`eval_data` yielded no batches.")
+        raise ValueError("`eval_data` yielded no batches (a one-shot iterator is used up by the first "
+                         "evaluation: pass a list, or a callable returning a fresh iterable).")
     return {k: float(v) / n for k, v in jax.device_get(sums).items()}
 
 
@@ -311,11 +314,12 @@ def fit(
         epochs = 1
 
     t0 = time.monotonic()
-    state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, (jax.Array, np.ndarray)) else x, state)
     if mesh is not None:
         from jaxrnn import parallel
 
-        state = parallel.replicate(state, mesh)
+        state = parallel.replicate(state, mesh)  # a copy: never aliases the caller's arrays
+    else:
+        state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, state)
 
     step = int(jax.device_get(state.step))
     history: dict = {"step": [], "time": []}
@@ -733,8 +737,34 @@ def _leaf_spec(x):
         return "None"
     if isinstance(x, str):
         return x
-    a = np.asarray(x)
-    return f"{a.dtype}{list(a.shape)}"
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    return f"{np.dtype(x.dtype)}{list(x.shape)}"
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_host(x):
+    """A leaf as numpy (typed PRNG keys as their uint32 key data)."""
+    if _is_key(x):
+        x = jax.random.key_data(x)
+    if isinstance(x, jax.Array):
+        if not x.is_fully_addressable:
+            if not x.sharding.is_fully_replicated:
+                raise ValueError("`state` holds an array sharded across processes; save_checkpoint needs every "
+                                 "array fully replicated or addressable from this process.")
+            x = x.addressable_data(0)
+        return np.asarray(x)
+    return x
+
+
+def _as_saved(x):
+    """What :func:`_to_host` makes of ``x``, without moving data (for comparing specs)."""
+    if _is_key(x):
+        return jax.ShapeDtypeStruct(jax.random.key_data(x).shape, jnp.uint32)
+    return x
 
 
 def _describe_tree(flat) -> str:
@@ -748,9 +778,13 @@ def save_checkpoint(path, state, *, config: Optional[dict] = None) -> None:
     temporary file in the same directory, flushed to disk and renamed over ``path``,
     so ``path`` always holds either the old or the new complete checkpoint.
 
+    On several processes, call it from one (``jax.process_index() == 0``) with a
+    replicated state.
+
     Args:
       path: file to write.
-      state: the pytree to save.
+      state: the pytree to save (arrays, numpy arrays, Python scalars, None; typed
+        PRNG keys are saved as their key data).
       config: optional dict of msgpack-serializable values (str, int, float, bool,
         None, lists, dicts, numpy arrays) saved beside the state, e.g. the model's
         hyperparameters and seed. Tuples come back as lists.
@@ -762,7 +796,7 @@ def save_checkpoint(path, state, *, config: Optional[dict] = None) -> None:
 
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"`config` must be a dict or None; got {type(config).__name__}.")
-    sd = serialization.to_state_dict(jax.device_get(state))
+    sd = serialization.to_state_dict(jax.tree.map(_to_host, state))
     payload = {"format": _FORMAT, "version": _VERSION, "state": sd,
                "config": None if config is None else dict(config)}
     try:
@@ -798,8 +832,10 @@ def restore_checkpoint(path, target):
     Args:
       path: the checkpoint file (only read, never modified).
       target: a pytree of the saved structure (e.g. a freshly created
-        :class:`TrainState`); only its structure, shapes, dtypes and shardings are
-        used. Restored arrays are placed like ``target``'s.
+        :class:`TrainState`, or ``jax.eval_shape`` of the function that creates
+        one); only its structure, shapes, dtypes and shardings are used. Restored
+        arrays are placed like ``target``'s (on the default device for a
+        ``jax.ShapeDtypeStruct`` without sharding).
 
     Returns:
       ``(state, config)``: ``state`` of ``target``'s type, ``config`` the saved dict
@@ -827,7 +863,7 @@ def restore_checkpoint(path, target):
         raise ValueError(f"`path` {path!r} has checkpoint version {payload.get('version')!r}; "
                          f"this jaxrnn reads version {_VERSION}.")
 
-    want = _flatten_state_dict(serialization.to_state_dict(target))
+    want = _flatten_state_dict(serialization.to_state_dict(jax.tree.map(_as_saved, target)))
     got = _flatten_state_dict(payload["state"])
     if set(want) != set(got):
         missing = [k for k in want if k not in got]
@@ -844,13 +880,17 @@ def restore_checkpoint(path, target):
             raise ValueError(f"The checkpoint {path!r} does not match `target` at leaf {k!r}: "
                              f"`target` has {_leaf_spec(w)}, the checkpoint has {_leaf_spec(g)}.")
     try:
-        restored = serialization.from_state_dict(target, payload["state"])
+        restored = serialization.from_state_dict(jax.tree.map(_as_saved, target), payload["state"])
     except Exception as e:
         raise ValueError(f"The checkpoint {path!r} does not match the structure of `target`: {e}") from e
 
     def place(t, r):
+        if _is_key(t):
+            return jax.random.wrap_key_data(jax.device_put(np.asarray(r), t.sharding), impl=jax.random.key_impl(t))
         if isinstance(t, jax.Array):
             return jax.device_put(np.asarray(r), t.sharding)
+        if isinstance(t, jax.ShapeDtypeStruct):
+            return jax.device_put(np.asarray(r), t.sharding) if t.sharding is not None else jnp.asarray(r)
         if isinstance(t, np.ndarray):
             return np.asarray(r)
         return r

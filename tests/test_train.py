@@ -200,21 +200,28 @@ def all_losses(logits, labels, lens, pred, target):
     }
 
 
-def test_losses_against_numpy(key):
-    V = 5
+V = 4
+
+
+def loss_inputs(key):
+    """Logits [2, 3, T, V] (batch shape (2, 3)), labels, ragged lengths (0 and T included), regression pairs."""
     k1, k2, k3 = jax.random.split(key, 3)
-    logits = jax.random.normal(k1, (3, T, V)) * 2
-    labels = jax.random.randint(k2, (3, T), 0, V)
-    lens = np.array([T, 1, 4])
-    pred = jax.random.normal(k3, (3, T, 2))
-    target = jnp.flip(pred, 0)
+    logits = jax.random.normal(k1, (2, 3, T, V)) * 2
+    labels = jax.random.randint(k2, (2, 3, T), 0, V)
+    lens = jnp.array([[T, 0, 3], [1, 5, 2]], jnp.int32)
+    pred = jax.random.normal(k3, (2, 3, T, 2))
+    return logits, labels, lens, pred, pred[::-1]
+
+
+def test_losses_against_numpy(key):
+    logits, labels, lens, pred, target = loss_inputs(key)
     got = all_losses(logits, labels, lens, pred, target)
     lp = _log_softmax_np(np.asarray(logits, np.float64))
     nll = -np.take_along_axis(lp, np.asarray(labels)[..., None], -1)[..., 0]
-    valid = np.arange(T)[None] < lens[:, None]
+    valid = np.arange(T) < np.asarray(lens)[..., None]
     np.testing.assert_allclose(got["seq_ce"], nll[valid].mean(), rtol=1e-5)
     np.testing.assert_allclose(got["seq_ce_nomask"], nll.mean(), rtol=1e-5)
-    np.testing.assert_allclose(got["ce"], nll[:, 0].mean(), rtol=1e-5)
+    np.testing.assert_allclose(got["ce"], nll[..., 0].mean(), rtol=1e-5)
     correct = np.argmax(np.asarray(logits), -1) == np.asarray(labels)
     np.testing.assert_allclose(got["acc"], correct[valid].mean(), rtol=1e-6)
     np.testing.assert_allclose(got["acc_nomask"], correct.mean(), rtol=1e-6)
@@ -224,17 +231,12 @@ def test_losses_against_numpy(key):
 
 
 def test_masked_losses_ignore_padding(key):
-    V = 4
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    logits = jax.random.normal(k1, (2, 3, T, V))
-    labels = jax.random.randint(k2, (2, 3, T), 0, V)
-    lens = jnp.array([[T, 0, 3], [1, 5, 2]])
-    pred = jax.random.normal(k4, (2, 3, T, 2))
-    target = pred[::-1]
+    logits, labels, lens, pred, target = loss_inputs(key)
+    k3 = jax.random.fold_in(key, 1)
     pad = np.asarray(~train.sequence_mask(lens, T))
     junk_logits = np.where(pad[..., None], np.where(np.asarray(jax.random.bernoulli(k3, 0.5, logits.shape)),
                                                     np.inf, 1e4), logits).astype(np.float32)
-    junk_labels = np.where(pad, -7, labels)                      # out of range
+    junk_labels = np.where(pad, -7, labels).astype(np.int32)     # out of range
     junk_pred = np.where(pad[..., None], np.inf, pred).astype(np.float32)
     clean = all_losses(logits, labels, lens, pred, target)
     junk = all_losses(junk_logits, junk_labels, lens, junk_pred, target)
@@ -370,7 +372,7 @@ ADAMW = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))
 
 
 @functools.lru_cache(maxsize=None)
-def ckpt_state(hidden=5, tx=ADAMW):
+def ckpt_state(hidden=5, tx=ADAMW, abstract=False):
     """A state with None leaves (no bias), an LSTM projection and a non-trivial adam state."""
     net = jaxrnn.stack([jaxrnn.lstm(hidden, proj_size=3, bias=False), jaxrnn.gru(4)], head=2)
 
@@ -384,7 +386,7 @@ def ckpt_state(hidden=5, tx=ADAMW):
             state = train.TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
         return state
 
-    return make()
+    return jax.eval_shape(make) if abstract else make()
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
@@ -421,9 +423,9 @@ def test_restore_rejects_corrupt_and_mismatched_files(tmp_path):
         assert p.read_bytes() == before
 
     with pytest.raises(ValueError, match=r"params/layers/0/w_ih.*target.*\[28, 3\].*checkpoint.*\[20, 3\]"):
-        train.restore_checkpoint(path, ckpt_state(hidden=7))          # shapes differ
+        train.restore_checkpoint(path, ckpt_state(hidden=7, abstract=True))            # shapes differ
     with pytest.raises(ValueError, match="structure"):
-        train.restore_checkpoint(path, ckpt_state(tx=optax.sgd(0.1)))  # optimizer state differs
+        train.restore_checkpoint(path, ckpt_state(tx=optax.sgd(0.1), abstract=True))  # optimizer differs
     with pytest.raises(ValueError, match="structure"):
         train.restore_checkpoint(path, state.params)
     assert path.read_bytes() == good
@@ -434,3 +436,15 @@ def test_restore_rejects_corrupt_and_mismatched_files(tmp_path):
     assert path.read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "garbage", "truncated"]
     leaves_equal(train.restore_checkpoint(path, state)[0], state)
+    leaves_equal(train.restore_checkpoint(path, ckpt_state(abstract=True))[0], state)   # an abstract target
+
+
+def test_checkpoint_of_any_pytree_with_prng_keys(tmp_path):
+    tree = {"key": jax.random.key(11), "raw": jax.random.PRNGKey(2), "w": jnp.arange(3.0), "n": 4, "none": None}
+    train.save_checkpoint(tmp_path / "c", tree, config={"k": [1, 2]})
+    target = {"key": jax.random.key(0), "raw": jax.random.PRNGKey(0), "w": jnp.zeros(3), "n": 0, "none": None}
+    restored, config = train.restore_checkpoint(tmp_path / "c", target)
+    np.testing.assert_array_equal(jax.random.key_data(restored["key"]), jax.random.key_data(tree["key"]))
+    assert restored["key"].dtype == tree["key"].dtype
+    leaves_equal({k: v for k, v in restored.items() if k != "key"}, {k: v for k, v in tree.items() if k != "key"})
+    assert config == {"k": [1, 2]}
