@@ -281,7 +281,8 @@ def fit(
       log_every: record the mean training metrics every this many steps.
       callback: ``callback(state, record) -> bool | None``, called at every log
         with the record just appended to the history (a dict of floats). Return
-        True to stop training.
+        True to stop training. The next step donates ``state``'s buffers: use it
+        there and then (e.g. ``save_checkpoint``), or copy what you keep.
       time_budget: stop after this many seconds (wall clock, compilation and
         evaluation included; checked before each step).
       mesh: an optional :class:`jax.sharding.Mesh`: the state is replicated over
@@ -295,6 +296,17 @@ def fit(
 
     Raises:
       ValueError: for invalid stopping options or an empty ``data``.
+
+    Example:
+      Checkpoint every 100 steps; restoring and calling ``fit`` again with the same
+      arguments finishes the run exactly as if it had never stopped::
+
+        def save(state, record):
+            if record["step"] % 100 == 0:
+                save_checkpoint("run.ckpt", state, config=config)
+
+        state, history = fit(state, step, data, key=key, num_steps=10_000,
+                             log_every=100, callback=save)
     """
     if not isinstance(state, TrainState):
         raise TypeError(f"`state` must be a TrainState; got {type(state).__name__}.")
@@ -322,7 +334,7 @@ def fit(
         state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, state)
 
     step = int(jax.device_get(state.step))
-    history: dict = {"step": [], "time": []}
+    history: dict = {"step": [], "time": [], "loss": []}
     window: list = []
     last_eval = None
 
@@ -383,14 +395,20 @@ def fit(
                 epoch += 1
                 continue
             seen = 0
-            for batch in batches:
+            it = iter(batches)
+            while True:
+                # Checked before drawing a batch, so a shared iterator loses none.
+                if not to_skip and ((num_steps is not None and step >= num_steps) or out_of_time()):
+                    stop = True
+                    break
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
                 seen += 1
                 if to_skip:
                     to_skip -= 1
                     continue
-                if (num_steps is not None and step >= num_steps) or out_of_time():
-                    stop = True
-                    break
                 if mesh is not None:
                     from jaxrnn import parallel
 
@@ -410,7 +428,7 @@ def fit(
                     break
                 if eval_step is not None and eval_every is not None and step % eval_every == 0:
                     evaluate()
-            if seen == 0:
+            if seen == 0 and not stop:
                 if epoch == 0:
                     raise ValueError("`data` yielded no batches.")
                 break  # a one-shot iterator is exhausted

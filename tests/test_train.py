@@ -139,7 +139,7 @@ def test_fit_stopping_rules(task):
     s, h = train.fit(state, task.step, make_data, key=key, num_steps=5, progress=False, log_every=2)
     assert int(s.step) == 5 and h["step"] == [2, 4, 5]
     s, h = train.fit(state, task.step, make_data, key=key, time_budget=0.0, progress=False)
-    assert int(s.step) == 0 and h["step"] == [] and h["loss"] == [] if "loss" in h else h["step"] == []
+    assert int(s.step) == 0 and h == {"step": [], "time": [], "loss": []}
 
     def forever(epoch):
         while True:
@@ -448,3 +448,9 @@ def test_checkpoint_of_any_pytree_with_prng_keys(tmp_path):
     assert restored["key"].dtype == tree["key"].dtype
     leaves_equal({k: v for k, v in restored.items() if k != "key"}, {k: v for k, v in tree.items() if k != "key"})
     assert config == {"k": [1, 2]}
+
+
+def test_fit_draws_no_batch_past_the_stop(task):
+    batches = iter(make_data(0, 4) + make_data(1, 4))
+    s, _ = train.fit(task.init(), task.step, batches, key=jax.random.key(0), num_steps=3, progress=False)
+    assert int(s.step) == 3 and len(list(batches)) == 5
