@@ -113,7 +113,7 @@ def _step_key(key, step):
     return None if key is None else jax.random.fold_in(key, step)
 
 
-def _with_mesh(fn, mesh, batch_argnum: int, state_argnum: Optional[int]):
+def _with_mesh(fn, mesh, batch_argnum: int):
     """Wraps ``fn`` so that its batch is sharded over ``mesh``'s "data" axis."""
     if mesh is None:
         return fn
@@ -184,7 +184,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, jit:
 
     if jit:
         step = jax.jit(step, donate_argnums=(0,) if donate else ())
-    return _with_mesh(step, mesh, batch_argnum=1, state_argnum=0)
+    return _with_mesh(step, mesh, batch_argnum=1)
 
 
 def make_eval_step(loss_fn: Callable, *, jit: bool = True, mesh=None) -> Callable:
@@ -208,7 +208,7 @@ def make_eval_step(loss_fn: Callable, *, jit: bool = True, mesh=None) -> Callabl
 
     if jit:
         eval_step = jax.jit(eval_step)
-    return _with_mesh(eval_step, mesh, batch_argnum=1, state_argnum=None)
+    return _with_mesh(eval_step, mesh, batch_argnum=1)
 
 
 # =============================================================================== fit
@@ -461,7 +461,7 @@ def sequence_mask(seq_lengths: Array, T: int) -> Array:
     return jnp.arange(T) < seq_lengths[..., None]
 
 
-def _check_logits_labels(logits, labels, seq_lengths=None, *, time_axis: bool):
+def _check_logits_labels(logits, labels, seq_lengths=None):
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -506,7 +506,7 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
       >>> round(float(softmax_cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))), 4)  # log 4
       1.3863
     """
-    logits, labels, _ = _check_logits_labels(logits, labels, time_axis=False)
+    logits, labels, _ = _check_logits_labels(logits, labels)
     return jnp.mean(_token_cross_entropy(logits, labels, None))
 
 
@@ -527,7 +527,7 @@ def sequence_cross_entropy(logits: Array, labels: Array, seq_lengths: Optional[A
       >>> round(float(sequence_cross_entropy(logits, labels, jnp.array([2, 1]))), 4)  # log 5
       1.6094
     """
-    logits, labels, mask = _check_logits_labels(logits, labels, seq_lengths, time_axis=True)
+    logits, labels, mask = _check_logits_labels(logits, labels, seq_lengths)
     return _masked_mean(_token_cross_entropy(logits, labels, mask), mask)
 
 
@@ -573,7 +573,7 @@ def accuracy(logits: Array, labels: Array, seq_lengths: Optional[Array] = None) 
       >>> float(accuracy(jnp.array([[0.0, 1.0], [1.0, 0.0]]), jnp.array([1, 1])))
       0.5
     """
-    logits, labels, mask = _check_logits_labels(logits, labels, seq_lengths, time_axis=seq_lengths is not None)
+    logits, labels, mask = _check_logits_labels(logits, labels, seq_lengths)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     return _masked_mean(correct, mask)
 
