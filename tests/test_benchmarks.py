@@ -1,0 +1,158 @@
+"""Smoke tests of benchmarks/scan_vs_loop.py and benchmarks/memory.py: tiny runs end to end."""
+
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(spec.name, None)
+        raise
+    return module
+
+
+@pytest.fixture(scope="module")
+def svl():
+    yield _load("scan_vs_loop")
+    sys.modules.pop("benchmarks_scan_vs_loop", None)
+
+
+@pytest.fixture(scope="module")
+def mem():
+    yield _load("memory")
+    sys.modules.pop("benchmarks_memory", None)
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+
+
+# --------------------------------------------------------------------------- scan_vs_loop
+
+
+@pytest.mark.parametrize("cell_name", ["gru", "lstm"])
+def test_methods_compute_the_same_function(svl, cell_name, key):
+    """The methods time the same computation: equal outputs and equal gradients.
+
+    (``jit_unrolled`` is ``jax.jit`` of the ``python_loop`` function itself.)
+    """
+    cell = svl.CELLS[cell_name](5)
+    params = cell.init(key, input_size=3)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (2, 5, 3))
+    methods = ("python_loop", "scan", "scan_unroll2")
+    assert set(methods) | {"jit_unrolled"} == set(svl.method_names(2))
+    outs = {m: svl.build(m, cell, 5)(params, xs) for m in methods}
+    grads = {m: svl.loss_grad(svl.build(m, cell, 5))(params, xs) for m in methods}
+    assert outs["scan"][1].shape == (2, 5, 5)
+    assert float(jnp.abs(grads["scan"].w_hh).max()) > 0
+    for m in methods[1:]:
+        for a, b in zip(jax.tree.leaves((outs[m], grads[m])), jax.tree.leaves((outs["python_loop"],
+                                                                                grads["python_loop"]))):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5, err_msg=m)
+
+
+def test_scan_vs_loop_smoke(svl, tmp_path, capsys):
+    out = svl.main(["--T", "4", "8", "--cells", "rnn", "--B", "2", "--I", "3", "--H", "4",
+                    "--repeats", "1", "--warmup", "0", "--eager-budget", "0", "--unroll-k", "2",
+                    "--max-unrolled-T", "8", "--max-unrolled-grad-T", "4", "--max-eager-grad-T", "4",
+                    "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--no-save"])
+    printed = capsys.readouterr().out
+    assert "Story checks:" in printed and "jax " in printed
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["benchmark"] == "scan_vs_loop"
+    assert data["env"]["backend"] == jax.default_backend() and data["env"]["jax"] == jax.__version__
+    records = data["records"]
+    methods = ("python_loop", "jit_unrolled", "scan", "scan_unroll2")
+    assert {(r["cell"], r["method"], r["T"]) for r in records} == {
+        ("rnn", m, T) for m in methods for T in (4, 8)}
+    for r in records:
+        assert _positive(r["compile_s"]) and _positive(r["run_ms"]) and r["run_ms"] > 0, r
+        assert (r["B"], r["I"], r["H"]) == (2, 3, 4)
+        capped = r["T"] == 8 and r["method"] in ("jit_unrolled", "python_loop")
+        if capped:
+            assert r["grad_compile_s"] is None and r["grad_run_ms"] is None, r
+        else:
+            assert _positive(r["grad_compile_s"]) and r["grad_run_ms"] > 0, r
+        if r["method"] == "scan":
+            assert r["run_vs_scan"] == 1.0 and r["compile_vs_scan"] == 1.0
+        if r["method"] == "python_loop":
+            assert r["first_call_s"] >= r["compile_s"]
+    claims = [(c["cell"], c["claim"]) for c in data["checks"]]
+    assert len(claims) == 3 and {c for c, _ in claims} == {"rnn"}
+    assert all(isinstance(c["passed"], bool) for c in data["checks"])
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+    assert len(out["records"]) == len(records)
+
+
+def test_story_checks_logic(svl):
+    def rec(method, T, compile_s, run_ms):
+        return dict(cell="gru", method=method, T=T, compile_s=compile_s, run_ms=run_ms, grad_run_ms=None)
+
+    records = [rec("scan", 16, 0.10, 1.0), rec("scan", 256, 0.12, 10.0),
+               rec("jit_unrolled", 16, 0.2, 0.5), rec("jit_unrolled", 256, 2.0, 5.0),
+               rec("python_loop", 16, 0.0, 5.0), rec("python_loop", 256, 0.0, 20.0)]
+    checks = {c["claim"].split()[0]: c["passed"] for c in svl.story_checks(records)}
+    assert checks == {"scan": True, "jit": True, "the": False}  # eager only 2x slower: fails
+    records[1]["compile_s"] = 0.5  # scan compile x5 over T: not flat
+    records[5]["run_ms"] = 100.0
+    checks = {c["claim"].split()[0]: c["passed"] for c in svl.story_checks(records)}
+    assert checks == {"scan": False, "jit": True, "the": True}
+
+
+def test_scan_vs_loop_rejects_bad_args(svl):
+    with pytest.raises(SystemExit):
+        svl.parse_args(["--T", "0"])
+    with pytest.raises(SystemExit):
+        svl.parse_args(["--cells", "transformer"])
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_memory_smoke(mem, tmp_path):
+    out = mem.main(["--T", "16", "64", "--B", "2", "--I", "3", "--H", "8",
+                    "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png"), "--no-save"])
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["benchmark"] == "memory" and data["env"]["jax"] == jax.__version__
+    records = data["records"]
+    assert {(r["T"], r["loss"], r["remat"]) for r in records} == {
+        (T, loss, remat) for T in (16, 64) for loss in ("many2many", "many2one") for remat in (False, True)}
+    for r in records:
+        assert r["temp_bytes"] > 0 and r["output_bytes"] > 0
+        # params + xs are the arguments
+        assert r["argument_bytes"] >= r["xs_bytes"] == 4 * 2 * r["T"] * 3
+        assert (r["chunk"] == 8 if r["T"] == 64 else r["chunk"] == 4) if r["remat"] else r["chunk"] is None
+    by = {(r["T"], r["loss"], r["remat"]): r["temp_bytes"] for r in records}
+    # Without remat the backward pass keeps per-step residuals, so memory grows with T.
+    assert by[(64, "many2one", False)] > by[(16, "many2one", False)]
+    assert by[(64, "many2one", True)] < by[(64, "many2one", False)]
+    assert len(data["growth"]) == 4 and all(math.isfinite(g["exponent"]) for g in data["growth"])
+    assert (tmp_path / "m.png").read_bytes()[:8] == PNG_MAGIC
+    assert out["train_long"] is None
+
+
+def test_memory_train_long_smoke(mem, tmp_path):
+    out = mem.main(["--skip-sweep", "--train-long", "50", "--train-steps", "2", "--H", "8",
+                    "--json", str(tmp_path / "t.json"), "--no-save"])
+    run = json.loads((tmp_path / "t.json").read_text())["train_long"]
+    assert run == json.loads(json.dumps(out["train_long"]))
+    assert run["T"] == 50 and run["remat"] is True and run["chunk"] == 8
+    assert len(run["step_s"]) == 2 and len(run["losses"]) == 2
+    assert all(math.isfinite(v) for v in run["losses"])
+    assert run["peak_rss_MB"] > 0 and run["temp_bytes"] > 0
