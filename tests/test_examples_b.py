@@ -111,11 +111,11 @@ def test_adding_problem_batch():
 
 
 @pytest.mark.parametrize("name", ["lstm", "bigru"])
-def test_adding_problem_prediction_ignores_padding(name, key):
+def test_adding_problem_prediction_ignores_padding(name):
     """With `seq_lengths`, whatever sits in the padding never reaches the prediction."""
     m = _module("adding_problem")
     encoder = m["make_encoder"](name, 5)
-    params = m["init_params"](key, encoder)
+    params = m["init_params"](jax.random.key(0), encoder)
     params = params._replace(head=params.head._replace(b=params.head.b + 0.3))
     xs, lengths, _ = m["make_batch"](np.random.default_rng(1), 6, 12, min_length=4)
     noisy = np.where(np.arange(12)[None, :, None] < lengths[:, None, None], xs, 7.0).astype(np.float32)
@@ -142,11 +142,11 @@ def test_sines_smoke(tmp_path, monkeypatch):
     assert "gru" in r["config"]["model"] and "lstm" in r["config"]["model"]
 
 
-def test_sines_forecast_feeds_predictions_back(key):
+def test_sines_forecast_feeds_predictions_back():
     m = _module("sines")
     net = m["make_net"](6)
     assert [c.kind for c in net.cells] == ["gru", "lstm"]
-    params = net.init(key, input_size=1)
+    params = net.init(jax.random.key(0), input_size=1)
     noisy, clean = m["make_series"](np.random.default_rng(0), 3, 15)
     assert noisy.shape == clean.shape == (3, 15)
     context = jnp.asarray(noisy[:, :10])
