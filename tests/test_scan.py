@@ -1,0 +1,285 @@
+"""`jaxrnn.unroll` (lax.scan, hoisted projection, fused VJP) against the Python loop.
+
+Each test compiles its comparison as one jitted function: compiling is what costs here.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxrnn
+from jaxrnn.reference import python_unroll
+
+CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj")
+T, I, H = 5, 3, 4
+
+# Layouts: (batch shape, time_major, seq_lengths); lengths cover 0, 1, T and in-between.
+LAYOUTS = {
+    "batch": ((4,), False, [T, 0, 2, 1]),
+    "time": ((4,), True, [T, 0, 2, 1]),
+    "single": ((), False, 3),
+    "multi": ((2, 3), False, [[T, 0, 2], [1, 4, 3]]),
+    "multi_time": ((2, 3), True, [[T, 0, 2], [1, 4, 3]]),
+}
+
+UNROLL_STATIC = ("reverse", "time_major", "unroll", "remat", "custom_vjp")
+unroll_jit = jax.jit(jaxrnn.unroll, static_argnums=0, static_argnames=UNROLL_STATIC)
+
+
+@pytest.fixture
+def inputs(make_cell, random_params, random_state, normal):
+    """``inputs(name, batch_shape, time_major, T=, I=, H=) -> (cell, params, h0, xs)``."""
+
+    def make(name, batch_shape, time_major=False, *, T=T, I=I, H=H, seed=0):
+        cell = make_cell(name, H)
+        shape = (T,) + batch_shape + (I,) if time_major or not batch_shape else batch_shape + (T, I)
+        return (cell, random_params(cell, I, seed), random_state(cell, batch_shape, seed + 1),
+                normal(shape, seed + 2))
+
+    return make
+
+
+def time_first(ys, batch_shape, time_major):
+    """ys as [T, *batch, F] whatever the layout."""
+    return ys if (time_major or not batch_shape) else jnp.moveaxis(ys, -2, 0)
+
+
+def check_padding(h, ys, h0, lengths, batch_shape, time_major):
+    """Exact semantics of padding: zero outputs past each length, h0 at length 0."""
+    ys_T = np.asarray(time_first(ys, batch_shape, time_major))
+    past = np.arange(ys_T.shape[0]).reshape((-1,) + (1,) * len(batch_shape)) >= np.asarray(lengths)
+    assert past.any() and (ys_T[past] == 0).all()
+    empty = np.asarray(lengths) == 0
+    for got, init in zip(jax.tree.leaves(h), jax.tree.leaves(h0)):
+        np.testing.assert_array_equal(np.asarray(got)[empty], np.asarray(init)[empty])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_forward_matches_python_loop(name, reverse, inputs, assert_close):
+    batch_shape, time_major, lengths = LAYOUTS["batch"]
+    cell, params, h0, xs = inputs(name, batch_shape)
+    lengths = jnp.asarray(lengths)
+
+    @jax.jit
+    def run(params, h0, xs, lengths):
+        return [(jaxrnn.unroll(cell, params, h0, xs, seq_lengths=n, reverse=reverse),
+                 python_unroll(cell, params, h0, xs, seq_lengths=n, reverse=reverse)) for n in (None, lengths)]
+
+    for (h, ys), ref in run(params, h0, xs, lengths):
+        assert ys.shape == xs.shape[:-1] + (cell.output_size,)
+        assert jax.tree.structure(h) == jax.tree.structure(h0)
+        assert_close((h, ys), ref)
+    check_padding(h, ys, h0, lengths, batch_shape, time_major)
+
+
+LAYOUT_CASES = [("lstm_proj", layout) for layout in LAYOUTS] + [("gru", "single"), ("gru", "multi_time")]
+
+
+@pytest.mark.parametrize("name,layout", LAYOUT_CASES)
+def test_layouts_match_python_loop(name, layout, inputs, assert_close):
+    """Batch-major, time-major, no batch dimension and several batch dimensions."""
+    batch_shape, time_major, lengths = LAYOUTS[layout]
+    cell, params, h0, xs = inputs(name, batch_shape, time_major)
+    lengths = jnp.asarray(lengths)
+    opts = dict(reverse=True, time_major=time_major)
+    # The same sequences as a flat batch-major batch [N, T, I] (for batched layouts).
+    flat = lambda a: a.reshape((-1,) + a.shape[len(batch_shape):])
+    to_bm = lambda a: jnp.moveaxis(a, 0, len(batch_shape)) if time_major else a
+
+    @jax.jit
+    def run(params, h0, xs, lengths):
+        out = jaxrnn.unroll(cell, params, h0, xs, seq_lengths=lengths, **opts)
+        ref = python_unroll(cell, params, h0, xs, seq_lengths=lengths, **opts)
+        if not batch_shape:
+            return out, ref, None
+        return out, ref, jaxrnn.unroll(cell, params, jax.tree.map(flat, h0), flat(to_bm(xs)),
+                                       seq_lengths=lengths.reshape(-1), reverse=True)
+
+    (h, ys), ref, flat_out = run(params, h0, xs, lengths)
+    assert ys.shape == xs.shape[:-1] + (cell.output_size,)
+    assert_close((h, ys), ref)
+    check_padding(h, ys, h0, lengths, batch_shape, time_major)
+    if batch_shape:
+        assert_close((jax.tree.map(flat, h), flat(to_bm(ys))), flat_out)
+
+
+def _loss(run, cell, params, h0, xs, seq_lengths, w_ys, **opts):
+    h, ys = run(cell, params, h0, xs, seq_lengths=seq_lengths, **opts)
+    return jnp.sum(ys * w_ys) + sum(jnp.sum(jnp.sin(3.0 * s)) for s in jax.tree.leaves(h))
+
+
+# Every cell runs both backward passes (fused custom VJP and autodiff of the scan);
+# lstm_proj (the longest backward code path) also runs a grid of the other options:
+# remat x unroll x reverse x time_major x lengths.
+GRAD_CASES = [(n, [dict(custom_vjp=True, reverse=True), dict(custom_vjp=False, reverse=True)]) for n in CELLS] + [
+    ("lstm_proj", [dict(custom_vjp=True, remat=True), dict(custom_vjp=False, remat=2, unroll=3)]),
+    ("lstm_proj", [dict(custom_vjp=True, remat=3, unroll=3, time_major=True, reverse=True),
+                   dict(custom_vjp=False, unroll=3, time_major=True, reverse=True)]),
+    ("lstm_proj", [dict(custom_vjp=True, remat=2, unroll=3, lengths=False)]),
+]
+
+
+@pytest.mark.parametrize("name,variants", GRAD_CASES,
+                         ids=[f"{n}-" + ",".join(f"{k}={v}" for k, v in o[0].items()) for n, o in GRAD_CASES])
+def test_gradients_match_python_loop(name, variants, inputs, normal, assert_close):
+    """Gradients w.r.t. params, h0 and xs: fused VJP, autodiff of the scan, the loop."""
+    shared = dict(variants[0])
+    use_lengths = shared.pop("lengths", True)
+    time_major, reverse = shared.get("time_major", False), shared.get("reverse", False)
+    cell, params, h0, xs = inputs(name, (3,), time_major)
+    lengths = jnp.array([T, 0, 3]) if use_lengths else None
+    w_ys = normal(xs.shape[:-1] + (cell.output_size,), seed=7)
+    variants = [{k: v for k, v in o.items() if k != "lengths"} for o in variants]
+
+    @jax.jit
+    def grads(params, h0, xs, lengths):
+        grad = lambda run, **o: jax.value_and_grad(_loss, argnums=(2, 3, 4))(run, cell, params, h0, xs, lengths,
+                                                                              w_ys, **o)
+        return grad(python_unroll, reverse=reverse, time_major=time_major), [grad(jaxrnn.unroll, **o) for o in variants]
+
+    (ref_loss, ref_grads), results = grads(params, h0, xs, lengths)
+    assert float(jnp.abs(ref_grads[0].w_hh).max()) > 1e-3  # so the comparison means something
+    for options, (loss, g_all) in zip(variants, results):
+        assert_close(loss, ref_loss, err_msg=f"loss {options}")
+        for label, g, g_ref in zip(("params", "h0", "xs"), g_all, ref_grads):
+            assert jax.tree.structure(g) == jax.tree.structure(g_ref)
+            assert_close(g, g_ref, err_msg=f"d loss / d {label} {options}")
+        # A zero-length sequence's initial state passes straight to the final state.
+        if use_lengths:
+            for dh0, h in zip(jax.tree.leaves(g_all[1]), jax.tree.leaves(h0)):
+                assert_close(dh0[1], 3.0 * jnp.cos(3.0 * h[1]))
+
+
+# Numerical gradients in float32: eps=1e-2 and tolerances of 1e-2 are the standard
+# setting (central differences are O(eps^2) accurate for these smooth losses). The loop
+# reference is plain autodiff; numerical checks of the fast paths on the distinct
+# backward code paths (GRU keeps b_hn inside the loop; LSTM with projection) suffice.
+CHECK = dict(modes=("rev",), eps=1e-2, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("name,custom_vjp", [("gru", True), ("lstm_proj", True), ("rnn_tanh", False)])
+def test_check_grads(name, custom_vjp, inputs):
+    cell, params, h0, xs = inputs(name, (2,), T=3, I=2, H=3)
+    lengths = jnp.array([3, 2])
+
+    @jax.jit
+    def f(params, h0, xs):
+        h, ys = jaxrnn.unroll(cell, params, h0, xs, seq_lengths=lengths, custom_vjp=custom_vjp, reverse=True)
+        return jnp.sum(ys * jnp.cos(ys)), h
+
+    check_grads(f, (params, h0, xs), order=1, **CHECK)
+
+
+def test_check_grads_second_order(inputs):
+    """The fused backward pass is itself differentiable (Hessian-vector products)."""
+    cell, params, h0, xs = inputs("lstm_proj", (2,), T=3, I=2, H=3)
+
+    @jax.jit
+    def f(params, xs):
+        _, ys = jaxrnn.unroll(cell, params, h0, xs, seq_lengths=jnp.array([3, 1]), custom_vjp=True)
+        return jnp.sum(ys**2)
+
+    check_grads(f, (params, xs), order=2, **CHECK)
+
+
+def test_forward_mode_without_custom_vjp(inputs, normal, assert_close):
+    cell, params, h0, xs = inputs("lstm_proj", (2,))
+    dxs = normal(xs.shape, seed=3)
+    opts = dict(seq_lengths=jnp.array([T, 2]), reverse=True)
+
+    @jax.jit
+    def run(xs, dxs):
+        return (jax.jvp(lambda x: jaxrnn.unroll(cell, params, h0, x, custom_vjp=False, **opts), (xs,), (dxs,)),
+                jax.jvp(lambda x: python_unroll(cell, params, h0, x, **opts), (xs,), (dxs,)))
+
+    out, ref = run(xs, dxs)
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("name,reverse", [(n, True) for n in CELLS] + [("lstm", False)])
+def test_seq_length_edges_under_jit(name, reverse, inputs, assert_close):
+    """Lengths 0, 1, T and in-between, compiled; a zero-length row returns exactly h0."""
+    cell, params, h0, xs = inputs(name, (4,))
+    lengths = jnp.array([0, 1, T, 3])
+    h, ys = unroll_jit(cell, params, h0, xs, seq_lengths=lengths, reverse=reverse)
+    h_ref, ys_ref = python_unroll(cell, params, h0, xs, seq_lengths=lengths, reverse=reverse)
+    assert_close(ys, ys_ref)
+    assert_close(h, h_ref)
+    for got, init in zip(jax.tree.leaves(h), jax.tree.leaves(h0)):
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(init[0]))
+    assert not np.any(np.asarray(ys[0]))
+    assert not np.any(np.asarray(ys[1, 1:]))
+    assert not np.any(np.asarray(ys[3, 3:]))
+    # Length 1, reversed or not, is one step from h0 on x[0].
+    h1, y1 = cell.step(params, jax.tree.map(lambda s: s[1], h0), xs[1, 0])
+    assert_close(ys[1, 0], y1)
+    assert_close(jax.tree.map(lambda s: s[1], h), h1)
+    # All lengths T (same compiled function) is the same as no lengths.
+    full = unroll_jit(cell, params, h0, xs, seq_lengths=jnp.full((4,), T), reverse=reverse)
+    assert_close(full, python_unroll(cell, params, h0, xs, reverse=reverse))
+
+
+def test_lengths_out_of_range_under_jit_are_clipped(inputs, assert_close):
+    cell, params, h0, xs = inputs("lstm", (3,))
+    clipped = unroll_jit(cell, params, h0, xs, seq_lengths=jnp.array([T + 2, -1, 2]))
+    expected = unroll_jit(cell, params, h0, xs, seq_lengths=jnp.array([T, 0, 2]))
+    assert_close(clipped, expected)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_size_one_everything(name, make_cell, random_params, random_state, normal, assert_close):
+    """B = T = I = H = 1 (H = 2 with proj_size = 1), with and without reverse, remat and lengths."""
+    cell = make_cell(name, 1) if name != "lstm_proj" else jaxrnn.lstm(2, proj_size=1)
+    params, h0, xs = random_params(cell, 1), random_state(cell, (1,)), normal((1, 1, 1))
+    cases = [dict(unroll=3), dict(reverse=True, remat=True, seq_lengths=jnp.array([1]))]
+
+    @jax.jit
+    def run(params, h0, xs):
+        return [(jaxrnn.unroll(cell, params, h0, xs, **o),
+                 python_unroll(cell, params, h0, xs, seq_lengths=o.get("seq_lengths"), reverse=o.get("reverse", False)))
+                for o in cases]
+
+    for out, ref in run(params, h0, xs):
+        assert_close(out, ref)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm_proj"])
+def test_empty_sequence(name, inputs):
+    cell, params, h0, xs = inputs(name, (2,), T=0)
+    h, ys = jaxrnn.unroll(cell, params, h0, xs, seq_lengths=jnp.array([0, 0]))
+    assert ys.shape == (2, 0, cell.output_size)
+    for got, init in zip(jax.tree.leaves(h), jax.tree.leaves(h0)):
+        np.testing.assert_array_equal(got, init)
+
+
+def test_h_none_is_zero_state(inputs, assert_close):
+    cell, params, _, xs = inputs("lstm_proj", (2,))
+    run = jax.jit(lambda h: jaxrnn.unroll(cell, params, h, xs, reverse=True))
+    assert_close(run(None), run(cell.initial_state((2,))))
+
+
+def test_vmap_equals_batch(inputs, assert_close):
+    cell, params, h0, xs = inputs("gru", (3,))
+    lengths = jnp.array([T, 0, 2])
+    run = lambda h, x, n: jaxrnn.unroll(cell, params, h, x, seq_lengths=n, reverse=True)
+    assert_close(jax.jit(jax.vmap(run))(h0, xs, lengths), python_unroll(cell, params, h0, xs, seq_lengths=lengths,
+                                                                         reverse=True))
+
+
+def test_remat_chunks_match(inputs, assert_close):
+    """Chunk lengths that do not divide T, 1 and longer than T, give the same result."""
+    cell, params, h0, xs = inputs("lstm", (2,), T=7)
+    lengths = jnp.array([7, 4])
+
+    @jax.jit
+    def run(params, h0, xs, lengths):
+        return [jaxrnn.unroll(cell, params, h0, xs, seq_lengths=lengths, reverse=True, remat=k) for k in (1, 3, 9)]
+
+    ref = python_unroll(cell, params, h0, xs, seq_lengths=lengths, reverse=True)
+    for out in run(params, h0, xs, lengths):
+        assert_close(out, ref)
