@@ -544,9 +544,10 @@ print(f"loss of the original batch {float(loss_short):.6f}, of the padded sharde
     ("md", """## Throughput on 1, 2, 4, ... devices
 
 The same global batch split over more devices (strong scaling). On TPU cores and GPUs the
-steps per second grow with the devices (as long as each device still gets enough work);
-on the virtual CPU devices of a CPU runtime they share the same cores, so this shows the
-overhead of splitting instead."""),
+steps per second grow with the devices (as long as each device still gets enough work).
+The virtual CPU devices of a CPU runtime share the machine's few cores: there the numbers
+show the overhead of splitting, or at best the use of a second core, and they are noisy;
+they say nothing about how real devices scale."""),
     ("code", """def steps_per_second(n, steps=5 if SMALL else 20):
     sub_mesh = parallel.data_mesh(jax.devices()[:n])
     st = parallel.replicate(train.TrainState.create(params, tx), sub_mesh)
@@ -565,7 +566,9 @@ overhead of splitting instead."""),
 counts = sorted({1, N}) if SMALL else [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= N]
 rates = [steps_per_second(n) for n in counts]
 for n, r in zip(counts, rates):
-    print(f"{n:3d} devices: {r:8.1f} steps/s  ({r * BATCH:9.0f} examples/s, x{r / rates[0]:.2f})")
+    print(f"{n:3d} device{'s' if n > 1 else ' '}: {r:8.1f} steps/s  ({r * BATCH:9.0f} examples/s, x{r / rates[0]:.2f})")
+if jax.default_backend() == "cpu":
+    print(f"(virtual CPU devices sharing {os.cpu_count()} cores: not a measure of scaling)")
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.bar([str(n) for n in counts], rates)
 ax.set(xlabel="devices", ylabel="steps / s", title=f"global batch {BATCH} on {jax.devices()[0].platform}")
