@@ -287,7 +287,10 @@ def plot(records: list[dict], path, env: dict, cfg: argparse.Namespace) -> pathl
                         ax.plot(*zip(*pts), "-", marker="o", ms=3, color=colors[m], label=m)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
+            Ts = sorted({r["T"] for r in records})
+            ax.set_xticks(Ts, [str(T) for T in Ts])
+            ax.minorticks_off()
+            ax.grid(True, which="major", alpha=0.3)
             ax.set_xlabel("sequence length T")
             ax.set_ylabel(label)
             if i == 0:
