@@ -174,7 +174,8 @@ def sweep(cfg: argparse.Namespace, env: dict) -> list[dict]:
         cpu0 = time.process_time()
         rec.update(run_one(method, cell, T, (params, xs), cfg, do_grad))
         rec["cpu_s"] = time.process_time() - cpu0  # CPU time of this whole measurement
-        rec.update(B=cfg.B, I=cfg.I, H=cfg.H, device=env["device"], backend=env["backend"])
+        unroll = 1 if method == "scan" else int(method[11:]) if method.startswith("scan_unroll") else None
+        rec.update(unroll=unroll, B=cfg.B, I=cfg.I, H=cfg.H, device=env["device"], backend=env["backend"])
         records.append(rec)
         print(f"[{i:3d}/{len(plan)} {time.perf_counter() - start:6.1f}s] {name:4s} T={T:<5d} {method:15s} "
               f"compile {_f(rec['compile_s'], 's')}  run {_f(rec['run_ms'], 'ms')}  |  grad: compile "

@@ -84,6 +84,7 @@ def test_scan_vs_loop_smoke(svl, tmp_path, capsys):
     for r in records:
         assert _positive(r["compile_s"]) and _positive(r["run_ms"]) and r["run_ms"] > 0, r
         assert (r["B"], r["I"], r["H"]) == (2, 3, 4)
+        assert r["unroll"] == {"scan": 1, "scan_unroll2": 2}.get(r["method"])
         capped = r["T"] == 8 and r["method"] in ("jit_unrolled", "python_loop")
         if capped:
             assert r["grad_compile_s"] is None and r["grad_run_ms"] is None, r
