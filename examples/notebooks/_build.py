@@ -333,15 +333,16 @@ for T in TS:
     ("code", """import matplotlib.pyplot as plt
 
 panels = [("compile_s", "forward compile (s)"), ("run_ms", "forward (ms)"), ("grad_ms", "forward + backward (ms)")]
+colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
 for ax, (key, label) in zip(axes, panels):
     for method in METHODS:
         points = [(r["T"], r[key]) for r in records if r["method"] == method and key in r]
         if points:
-            ax.plot(*zip(*points), marker="o", label=method)
+            ax.plot(*zip(*points), marker="o", color=colors[method], label=method)
     ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel=label)
     ax.grid(True, which="both", alpha=0.3)
-axes[0].legend()
+axes[1].legend()   # python_loop compiles nothing: it is absent from the first panel
 fig.suptitle(f"LSTM B={B}, I={I}, H={H} on {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
 fig.tight_layout()
 plt.show()"""),
