@@ -13,10 +13,9 @@ import importlib.util
 import os
 import pathlib
 
+import nbclient  # the `test` extra: nbclient, nbformat, ipykernel
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "examples" / "notebooks"
