@@ -307,7 +307,7 @@ class Cell:
         """The bias added to ``h @ w_hh.T`` inside the loop (GRU only)."""
         return params.b_hh if (self.bias and self.kind == "gru") else None
 
-    def pointwise(self, gx: Array, a: Array, carry: tuple) -> tuple:
+    def pointwise(self, gx: Array, a: Optional[Array], carry: tuple, *, save: bool = False):
         """Gate arithmetic of one step, given both pre-activations.
 
         Args:
@@ -315,28 +315,80 @@ class Cell:
           a: recurrent term ``h @ w_hh.T (+ b_hh for GRU)``, ``[N, G*H]``; for
             RNN and LSTM it may be None when ``gx`` already holds the sum.
           carry: the previous state as a tuple, ``(h,)`` or ``(h, c)``.
+          save: also return the activations that :meth:`pointwise_bwd` needs.
 
         Returns:
           ``(r,)`` or ``(r, c_new)``: the new state before the LSTM projection
-          (``r`` is the new ``h`` for every cell but a projected LSTM).
+          (``r`` is the new ``h`` for every cell but a projected LSTM); with
+          ``save=True``, the pair ``(new, saved)``.
         """
         H = self.hidden_size
         if self.kind == "gru":
-            rz = jax.nn.sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
+            rz = _sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
             r, z = rz[..., :H], rz[..., H:]
-            n = jnp.tanh(gx[..., 2 * H :] + r * a[..., 2 * H :])
-            return (n + z * (carry[0] - n),)
+            a_n = a[..., 2 * H :]
+            n = jnp.tanh(gx[..., 2 * H :] + r * a_n)
+            new = (n + z * (carry[0] - n),)
+            return (new, (rz, n, a_n)) if save else new
         s = gx if a is None else gx + a
         if self.kind == "rnn_tanh":
-            return (jnp.tanh(s),)
+            r = jnp.tanh(s)
+            return ((r,), (r,)) if save else (r,)
         if self.kind == "rnn_relu":
-            return (jax.nn.relu(s),)
-        i = jax.nn.sigmoid(s[..., :H])
-        f = jax.nn.sigmoid(s[..., H : 2 * H])
-        g = jnp.tanh(s[..., 2 * H : 3 * H])
-        o = jax.nn.sigmoid(s[..., 3 * H :])
+            r = jax.nn.relu(s)
+            return ((r,), (r,)) if save else (r,)
+        # All four gate nonlinearities as one tanh over the contiguous [N, 4H] block
+        # (sigmoid(x) = 0.5 * tanh(x / 2) + 0.5): one vectorised pass instead of four
+        # sliced ones, ~3x faster gate arithmetic on XLA:CPU.
+        scale, offset = _lstm_gate_constants(H)
+        act = jnp.tanh(s * scale) * scale + offset
+        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
         c = f * carry[1] + i * g
-        return (o * jnp.tanh(c), c)
+        tc = jnp.tanh(c)
+        new = (o * tc, c)
+        return (new, (act, tc)) if save else new
+
+    def pointwise_bwd(self, saved: tuple, carry: tuple, g_new: tuple):
+        """Backward of :meth:`pointwise` from its saved activations (no recomputation).
+
+        Args:
+          saved: the activations :meth:`pointwise` returned with ``save=True``.
+          carry: the previous state, as passed to :meth:`pointwise`.
+          g_new: cotangents of the new state, ``(g_r,)`` or ``(g_r, g_c)``.
+
+        Returns:
+          ``(dgx, da, dcarry)``: cotangents of ``gx`` and ``a`` (``[N, G*H]``; the same
+          array for RNN and LSTM) and of the previous state's parts that enter the
+          gate arithmetic directly (None where a part does not).
+        """
+        if self.kind == "gru":
+            H = self.hidden_size
+            rz, n, a_n = saved
+            r, z = rz[..., :H], rz[..., H:]
+            (g,) = g_new
+            dn = g * (1.0 - z) * (1.0 - n * n)
+            drz = jnp.concatenate([dn * a_n, g * (carry[0] - n)], axis=-1) * (rz - rz * rz)
+            dgx = jnp.concatenate([drz, dn], axis=-1)
+            da = jnp.concatenate([drz, dn * r], axis=-1)
+            return dgx, da, (g * z,)
+        if self.kind == "rnn_tanh":
+            (r,) = saved
+            d = g_new[0] * (1.0 - r * r)
+            return d, d, (None,)
+        if self.kind == "rnn_relu":
+            (r,) = saved
+            d = jnp.where(r > 0, g_new[0], 0.0)
+            return d, d, (None,)
+        act, tc = saved
+        H = self.hidden_size
+        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
+        g_r, g_c = g_new
+        dc = g_c + g_r * o * (1.0 - tc * tc)
+        dact = jnp.concatenate([dc * g, dc * carry[1], dc * i, g_r * tc], axis=-1)
+        # sigmoid' = a - a^2 (gates i, f, o), tanh' = 1 - a^2 (gate g), in one pass.
+        one, lin = _lstm_deriv_constants(H)
+        d = dact * (one + lin * act - act * act)
+        return d, d, (None, dc * f)
 
     def step(self, params, h, x: Array):
         """One time step, ``(params, h, x) -> (h, y)``.
@@ -381,6 +433,25 @@ class Cell:
         new = (h,) + tuple(new[1:])
         new = tuple(n.astype(c.dtype) for n, c in zip(new, carry))
         return new, new[0]
+
+
+def _sigmoid(x: Array) -> Array:
+    """Logistic sigmoid as a tanh, which XLA:CPU vectorises far better than ``logistic``."""
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def _lstm_gate_constants(H: int):
+    """Per-column ``scale, offset`` so that ``tanh(s * scale) * scale + offset`` is
+    sigmoid on gates i, f, o and tanh on gate g."""
+    half, one, zero = np.full(H, 0.5, np.float32), np.ones(H, np.float32), np.zeros(H, np.float32)
+    return np.concatenate([half, half, one, half]), np.concatenate([half, half, zero, half])
+
+
+def _lstm_deriv_constants(H: int):
+    """Per-column ``one, lin`` so that ``one + lin * a - a * a`` is the derivative of each
+    gate's nonlinearity in terms of its output ``a``."""
+    ones, zeros = np.ones(H, np.float32), np.zeros(H, np.float32)
+    return np.concatenate([zeros, zeros, ones, zeros]), np.concatenate([ones, ones, zeros, ones])
 
 
 def _matmul(x: Array, w: Array, compute_dtype) -> Array:

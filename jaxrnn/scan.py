@@ -240,24 +240,27 @@ def _mask(lengths, T):
 
 
 def _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, *, save=False):
-    """The loop: ``gx [T, N, G*H]`` -> ``(carry, ys [T, N, H_out], residuals)``."""
+    """The loop: ``gx [T, N, G*H]`` -> ``(carry, ys [T, N, H_out], residuals)``.
+
+    With ``save``, the residuals are the gate activations of every step and the state
+    entering it (what cuDNN keeps in its reserve space), so the backward pass never
+    recomputes a transcendental function.
+    """
     cell, reverse, unroll, _ = static
     cd = cell.compute_dtype
     mask = _mask(lengths, gx.shape[0])
-    gru = cell.kind == "gru"
 
     def body(carry, inp):
         gx_t, m_t = inp
         a = _matmul(carry[0], w_hh, cd)
         if b_rec is not None:
             a = a + b_rec.astype(jnp.float32)
-        if gru:
-            new, saved = cell.pointwise(gx_t, a, carry), a
-        else:
-            s = gx_t + a
-            new, saved = cell.pointwise(s, None, carry), s
+        if cell.kind != "gru":
+            gx_t, a = gx_t + a, None
+        new, saved = cell.pointwise(gx_t, a, carry, save=True)
         h = new[0]
         if w_hr is not None:
+            saved = saved + (h,)
             h = _matmul(h, w_hr, cd)
         new = tuple(n.astype(c.dtype) for n, c in zip((h,) + tuple(new[1:]), carry))
         if m_t is None:
@@ -265,8 +268,7 @@ def _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, *, save=Fal
         else:
             y = jnp.where(m_t, new[0], jnp.zeros_like(new[0]))
             new = tuple(jnp.where(m_t, n, c) for n, c in zip(new, carry))
-        out = (y, saved, carry) if save else (y,)
-        return new, out
+        return new, ((y, saved, carry) if save else (y,))
 
     carry, outs = jax.lax.scan(body, carry0, (gx, mask), reverse=reverse, unroll=unroll)
     return carry, outs[0], outs[1:]
@@ -279,8 +281,7 @@ def _recurrence(static, gx, w_hh, b_rec, w_hr, carry0, lengths):
 
 def _recurrence_fwd(static, gx, w_hh, b_rec, w_hr, carry0, lengths):
     carry, ys, (saved, carry_prev) = _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, save=True)
-    gx_res = gx if static[0].kind == "gru" else None  # non-GRU cells saved gx + a already
-    return (carry, ys, ()), (gx_res, w_hh, b_rec, w_hr, lengths, saved, carry_prev)
+    return (carry, ys, ()), (w_hh, b_rec, w_hr, lengths, saved, carry_prev)
 
 
 def _matmul_untransposed(x, w, compute_dtype):
@@ -291,57 +292,50 @@ def _matmul_untransposed(x, w, compute_dtype):
 
 
 def _recurrence_bwd(static, res, cts):
+    """The backward loop carries only the state cotangents and emits the per-step
+    gate cotangents; the weight gradients are single matrix products afterwards."""
     cell, reverse, unroll, _ = static
-    gx, w_hh, b_rec, w_hr, lengths, saved, carry_prev = res
+    w_hh, b_rec, w_hr, lengths, saved, carry_prev = res
     d_carry, dys, _ = cts
     cd = cell.compute_dtype
-    gru = cell.kind == "gru"
-    T = saved.shape[0]
-    mask = _mask(lengths, T)
-
-    def pointwise(gx_t, a_t, c_t):
-        return cell.pointwise(gx_t, a_t, c_t)
+    mask = _mask(lengths, dys.shape[0])
 
     def body(dcarry, inp):
-        gx_t, saved_t, cprev_t, dy_t, m_t = inp
+        saved_t, cprev_t, dy_t, m_t = inp
         g_h = dcarry[0] + dy_t
         g_rest = tuple(dcarry[1:])
         if m_t is not None:
-            g_h = jnp.where(m_t, g_h, 0)
-            g_rest = tuple(jnp.where(m_t, d, 0) for d in g_rest)
-        if gru:
-            new, vjp = jax.vjp(pointwise, gx_t, saved_t, cprev_t)
-        else:
-            new, vjp = jax.vjp(lambda s, c: pointwise(s, None, c), saved_t, cprev_t)
-        g_r = _matmul_untransposed(g_h, w_hr, cd) if w_hr is not None else g_h
-        grads = vjp((g_r.astype(new[0].dtype),) + tuple(g.astype(n.dtype) for g, n in zip(g_rest, new[1:])))
-        if gru:
-            dgx_t, da_t, dprev = grads
-        else:
-            da_t, dprev = grads
-            dgx_t = None
-        dh_prev = dprev[0] + _matmul_untransposed(da_t, w_hh, cd)
+            g_h = jnp.where(m_t, g_h, 0.0)
+            g_rest = tuple(jnp.where(m_t, d, 0.0) for d in g_rest)
+        g_r = g_h
+        if w_hr is not None:
+            g_r = _matmul_untransposed(g_h, w_hr, cd)
+            saved_t = saved_t[:-1]
+        dgx_t, da_t, dprev = cell.pointwise_bwd(saved_t, cprev_t, (g_r,) + g_rest)
+        dh_prev = _matmul_untransposed(da_t, w_hh, cd)
+        if dprev[0] is not None:
+            dh_prev = dh_prev + dprev[0]
         drest_prev = tuple(dprev[1:])
         if m_t is not None:
-            dh_prev = dh_prev + jnp.where(m_t, 0, dcarry[0])
-            drest_prev = tuple(d + jnp.where(m_t, 0, dc) for d, dc in zip(drest_prev, dcarry[1:]))
+            dh_prev = dh_prev + jnp.where(m_t, 0.0, dcarry[0])
+            drest_prev = tuple(d + jnp.where(m_t, 0.0, dc) for d, dc in zip(drest_prev, dcarry[1:]))
         new_dcarry = tuple(d.astype(c.dtype) for d, c in zip((dh_prev,) + drest_prev, dcarry))
-        out = (da_t, dgx_t, (g_h, new[0]) if w_hr is not None else None)
-        return new_dcarry, out
+        return new_dcarry, (dgx_t, g_h if w_hr is not None else None)
 
     d_carry = tuple(jnp.asarray(d) for d in d_carry)
-    d_carry0, (da, dgx, proj) = jax.lax.scan(
-        body, d_carry, (gx, saved, carry_prev, dys, mask), reverse=not reverse, unroll=unroll
+    d_carry0, (dgx, g_h) = jax.lax.scan(
+        body, d_carry, (saved, carry_prev, dys, mask), reverse=not reverse, unroll=unroll
     )
-    if dgx is None:
-        dgx = da
-    h_prev = carry_prev[0]
-    dw_hh = jnp.einsum("tng,tnh->gh", da.astype(cd), h_prev.astype(cd), preferred_element_type=jnp.float32)
+    if cell.kind == "gru":  # d(a_n) = d(gx_n) * r; the other gates share gx's cotangent
+        H = cell.hidden_size
+        da = jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
+    else:
+        da = dgx
+    dw_hh = jnp.einsum("tng,tnh->gh", da.astype(cd), carry_prev[0].astype(cd), preferred_element_type=jnp.float32)
     db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
     if w_hr is not None:
-        g_h, r = proj
-        dw_hr = jnp.einsum("tnp,tnh->ph", g_h.astype(cd), r.astype(cd),
+        dw_hr = jnp.einsum("tnp,tnh->ph", g_h.astype(cd), saved[-1].astype(cd),
                            preferred_element_type=jnp.float32).astype(w_hr.dtype)
     return dgx, dw_hh.astype(w_hh.dtype), db_rec, dw_hr, d_carry0, None
 
