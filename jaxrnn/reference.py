@@ -127,11 +127,11 @@ def python_stack(
     Example:
       >>> import jax, jax.numpy as jnp, jaxrnn
       >>> from jaxrnn.reference import python_stack
-      >>> net = jaxrnn.stack([jaxrnn.gru(4), jaxrnn.lstm(3)], bidirectional=True, head=2)
+      >>> net = jaxrnn.stack(jaxrnn.gru(4), bidirectional=True, head=2)
       >>> params = net.init(jax.random.key(0), input_size=5)
-      >>> xs = jax.random.normal(jax.random.key(1), (2, 6, 5))
-      >>> _, ys = python_stack(net, params, None, xs, seq_lengths=jnp.array([6, 3]))
-      >>> _, ys2 = net(params, None, xs, seq_lengths=jnp.array([6, 3]))
+      >>> xs = jax.random.normal(jax.random.key(1), (2, 4, 5))
+      >>> _, ys = python_stack(net, params, None, xs, seq_lengths=jnp.array([4, 2]))
+      >>> _, ys2 = net(params, None, xs, seq_lengths=jnp.array([4, 2]))
       >>> bool(jnp.allclose(ys, ys2, atol=1e-5))
       True
     """

@@ -143,14 +143,19 @@ def test_no_bias(name, make_cell, key, normal, assert_close):
     assert params.b_ih is None and params.b_hh is None
     xs = normal((2, 4, 3))
     lengths = jnp.array([4, 2])
-    run = jax.jit(lambda p, xs: (jaxrnn.unroll(cell, p, None, xs, seq_lengths=lengths),
-                                 python_unroll(cell, p, None, xs, seq_lengths=lengths)))
-    out, ref = run(params, xs)
+    biased_cell = make_cell(name, 4)
+    zeros = jnp.zeros(params.w_ih.shape[0])
+
+    @jax.jit
+    def run(p, xs):
+        return (jaxrnn.unroll(cell, p, None, xs, seq_lengths=lengths),
+                python_unroll(cell, p, None, xs, seq_lengths=lengths),
+                # bias=False is the same as zero biases.
+                jaxrnn.unroll(biased_cell, p._replace(b_ih=zeros, b_hh=zeros), None, xs, seq_lengths=lengths))
+
+    out, ref, zero_bias = run(params, xs)
     assert_close(out, ref)
-    # bias=False is the same as zero biases.
-    zero_bias = jaxrnn.stack(make_cell(name, 4))  # a biased cell of the same kind
-    biased = params._replace(b_ih=jnp.zeros(params.w_ih.shape[0]), b_hh=jnp.zeros(params.w_ih.shape[0]))
-    assert_close(out[1], zero_bias(jaxrnn.StackParams((biased,)), None, xs, seq_lengths=lengths)[1])
+    assert_close(out, zero_bias)
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm_proj"])

@@ -202,14 +202,15 @@ def test_forward_mode_without_custom_vjp(inputs, normal, assert_close):
 
 
 @pytest.mark.parametrize("name,reverse", [(n, True) for n in CELLS] + [("lstm", False)])
-def test_seq_length_edges_under_jit(name, reverse, inputs, assert_close):
-    """Lengths 0, 1, T and in-between, compiled; a zero-length row returns exactly h0."""
+def test_seq_length_edges(name, reverse, inputs, assert_close):
+    """Lengths 0, 1, T and in-between, compiled and eager; a zero-length row returns exactly h0."""
     cell, params, h0, xs = inputs(name, (4,))
     lengths = jnp.array([0, 1, T, 3])
     h, ys = unroll_jit(cell, params, h0, xs, seq_lengths=lengths, reverse=reverse)
     h_ref, ys_ref = python_unroll(cell, params, h0, xs, seq_lengths=lengths, reverse=reverse)
     assert_close(ys, ys_ref)
     assert_close(h, h_ref)
+    assert_close(jaxrnn.unroll(cell, params, h0, xs, seq_lengths=lengths, reverse=reverse), (h, ys))  # eager
     for got, init in zip(jax.tree.leaves(h), jax.tree.leaves(h0)):
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(init[0]))
     assert not np.any(np.asarray(ys[0]))
