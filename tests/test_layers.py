@@ -39,8 +39,8 @@ def random_stack_state(net, batch_shape, random_state, seed=10):
 
 
 @pytest.fixture
-def setup(random_params, random_state, normal):
-    """``setup(net, batch_shape) -> (params, h0, xs)``, all random."""
+def build(random_params, random_state, normal):
+    """``build(net, batch_shape) -> (params, h0, xs)``, all random."""
 
     def make(net, batch_shape, *, T=T, time_major=False):
         shape = (T,) + batch_shape + (I,) if time_major else batch_shape + (T, I)
@@ -54,10 +54,10 @@ MIXED = [jaxrnn.gru(4), jaxrnn.lstm(5, proj_size=2)]
 
 
 @pytest.mark.parametrize("bidirectional,head", [(False, None), (True, 3)])
-def test_mixed_stack_matches_python_loop(bidirectional, head, setup, normal, assert_close):
+def test_mixed_stack_matches_python_loop(bidirectional, head, build, normal, assert_close):
     """GRU -> LSTM(proj) stack, ragged lengths, random h0: outputs, states and gradients."""
     net = jaxrnn.stack(MIXED, bidirectional=bidirectional, head=head)
-    params, h0, xs = setup(net, (3,))
+    params, h0, xs = build(net, (3,))
     lengths = jnp.array([T, 0, 2])
     w_ys = normal((3, T, net.output_size), seed=6)
 
@@ -83,11 +83,11 @@ def test_mixed_stack_matches_python_loop(bidirectional, head, setup, normal, ass
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm_proj"])
-def test_bidirectional_backward_never_sees_padding(name, make_cell, setup, assert_close):
+def test_bidirectional_backward_never_sees_padding(name, make_cell, build, assert_close):
     """Each direction equals its cell run on the sequence's own (truncated) slice."""
     cell = make_cell(name, 4)
     net = jaxrnn.stack(cell, bidirectional=True)
-    params, h0, xs = setup(net, (4,))
+    params, h0, xs = build(net, (4,))
     lengths = [T, 1, 3, 0]
     xs = xs.at[2, 3:].set(1e3).at[1, 1:].set(-1e3)  # loud padding: it must not leak in
     h, ys = jax.jit(net)(params, h0, xs, seq_lengths=jnp.array(lengths))
@@ -104,9 +104,9 @@ def test_bidirectional_backward_never_sees_padding(name, make_cell, setup, asser
         assert not np.any(np.asarray(ys[b, L:]))
 
 
-def test_several_batch_dims_and_time_major(setup, assert_close):
+def test_several_batch_dims_and_time_major(build, assert_close):
     net = jaxrnn.stack(MIXED, bidirectional=True, head=2)
-    params, h0, xs = setup(net, (2, 3), time_major=True)
+    params, h0, xs = build(net, (2, 3), time_major=True)
     lengths = jnp.array([[T, 0, 2], [1, 4, 3]])
 
     @jax.jit
@@ -121,20 +121,20 @@ def test_several_batch_dims_and_time_major(setup, assert_close):
     assert_close(jnp.moveaxis(ys, 0, 2), ys_ref)
 
 
-def test_unbatched_stack(setup, assert_close):
+def test_unbatched_stack(build, assert_close):
     net = jaxrnn.stack(jaxrnn.lstm(4), num_layers=2, bidirectional=True)
-    params, h0, xs = setup(net, ())
+    params, h0, xs = build(net, ())
     h, ys = net(params, h0, xs, seq_lengths=jnp.array(4))
     assert ys.shape == (T, 8)
     assert_close((h, ys), python_stack(net, params, h0, xs, seq_lengths=jnp.array(4)))
 
 
-def test_dropout(setup, assert_close):
+def test_dropout(build, assert_close):
     """No key: deterministic and equal to dropout=0; a key: different, reproducible."""
     cells = [jaxrnn.gru(8), jaxrnn.lstm(4)]
     net = jaxrnn.stack(cells, dropout=0.5, head=2)
     plain = jaxrnn.stack(cells, head=2)
-    params, h0, xs = setup(net, (2,))
+    params, h0, xs = build(net, (2,))
     lengths = jnp.array([T, 3])
     run = jax.jit(lambda net, key: net(params, h0, xs, seq_lengths=lengths, key=key)[1], static_argnums=0)
     k1, k2 = jax.random.split(jax.random.key(1))
@@ -148,16 +148,16 @@ def test_dropout(setup, assert_close):
     assert_close(run(plain, k1), no_key)
 
 
-def test_dropout_is_only_between_layers(setup, assert_close):
+def test_dropout_is_only_between_layers(build, assert_close):
     net = jaxrnn.stack(jaxrnn.gru(4), dropout=0.5)
-    params, h0, xs = setup(net, (2,))
+    params, h0, xs = build(net, (2,))
     assert_close(net(params, h0, xs, key=jax.random.key(3)), net(params, h0, xs))
 
 
-def test_step_matches_call(setup, assert_close):
+def test_step_matches_call(build, assert_close):
     """One net.step is the network at T=1; a loop of net.step is the whole network."""
     net = jaxrnn.stack(MIXED + [jaxrnn.rnn(3)], head=2)
-    params, h0, xs = setup(net, (2,))
+    params, h0, xs = build(net, (2,))
 
     @jax.jit
     def run(params, h0, xs):
