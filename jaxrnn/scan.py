@@ -226,11 +226,29 @@ def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array
 
 def _layer(static, params, carry, xs_TNI, lengths):
     cell, _, _, use_custom_vjp = static
-    gx = cell.project(params, xs_TNI)
+    b_x = None
+    if cell.bias:
+        b_x = params.b_ih if cell.kind == "gru" else params.b_ih + params.b_hh
     w_hr = params.w_hr if cell.proj_size else None
     fn = _recurrence if use_custom_vjp else _recurrence_impl
-    carry, ys, _ = fn(static, gx, params.w_hh, cell.recurrent_bias(params), w_hr, carry, lengths)
+    carry, ys, _ = fn(static, xs_TNI, params.w_ih, b_x, params.w_hh, cell.recurrent_bias(params), w_hr, carry,
+                      lengths)
     return carry, ys
+
+
+def _project(xs_TNI, w_ih, compute_dtype):
+    """``xs @ w_ih.T`` for every step at once, as one 2-D matrix product."""
+    T, N, I = xs_TNI.shape
+    gx = jnp.dot(xs_TNI.reshape(T * N, I).astype(compute_dtype), w_ih.T.astype(compute_dtype),
+                 preferred_element_type=jnp.float32)
+    return gx.reshape(T, N, -1)
+
+
+def _weight_grad(d_TNG, x_TNK, compute_dtype):
+    """``sum_{t,n} d[t,n,:]^T x[t,n,:]`` as one 2-D matrix product, ``[G, K]``."""
+    G, K = d_TNG.shape[-1], x_TNK.shape[-1]
+    return jnp.dot(d_TNG.reshape(-1, G).T.astype(compute_dtype), x_TNK.reshape(-1, K).astype(compute_dtype),
+                   preferred_element_type=jnp.float32)
 
 
 def _mask(lengths, T):
@@ -239,8 +257,11 @@ def _mask(lengths, T):
     return (jnp.arange(T, dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, N, 1]
 
 
-def _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, *, save=False):
-    """The loop: ``gx [T, N, G*H]`` -> ``(carry, ys [T, N, H_out], residuals)``.
+def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, *, save=False):
+    """Projection then the loop: ``xs [T, N, I]`` -> ``(carry, ys [T, N, H_out], residuals)``.
+
+    The input biases ``b_x`` are added inside the loop, where the addition fuses into
+    the gate arithmetic, rather than in a separate pass over the ``[T, N, G*H]`` block.
 
     With ``save``, the residuals are the gate activations of every step and the state
     entering it (what cuDNN keeps in its reserve space), so the backward pass never
@@ -248,13 +269,16 @@ def _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, *, save=Fal
     """
     cell, reverse, unroll, _ = static
     cd = cell.compute_dtype
-    mask = _mask(lengths, gx.shape[0])
+    mask = _mask(lengths, xs.shape[0])
+    gx = _project(xs, w_ih, cd)
 
     def body(carry, inp):
         gx_t, m_t = inp
         a = _matmul(carry[0], w_hh, cd)
         if b_rec is not None:
             a = a + b_rec.astype(jnp.float32)
+        if b_x is not None:
+            gx_t = gx_t + b_x.astype(jnp.float32)
         if cell.kind != "gru":
             gx_t, a = gx_t + a, None
         new, saved = cell.pointwise(gx_t, a, carry, save=True)
@@ -275,13 +299,14 @@ def _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, *, save=Fal
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(static, gx, w_hh, b_rec, w_hr, carry0, lengths):
-    return _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths)
+def _recurrence(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
+    return _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths)
 
 
-def _recurrence_fwd(static, gx, w_hh, b_rec, w_hr, carry0, lengths):
-    carry, ys, (saved, carry_prev) = _recurrence_impl(static, gx, w_hh, b_rec, w_hr, carry0, lengths, save=True)
-    return (carry, ys, ()), (w_hh, b_rec, w_hr, lengths, saved, carry_prev)
+def _recurrence_fwd(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
+    carry, ys, (saved, carry_prev) = _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths,
+                                                      save=True)
+    return (carry, ys, ()), (xs, w_ih, b_x, w_hh, b_rec, w_hr, lengths, saved, carry_prev)
 
 
 def _matmul_untransposed(x, w, compute_dtype):
@@ -295,7 +320,7 @@ def _recurrence_bwd(static, res, cts):
     """The backward loop carries only the state cotangents and emits the per-step
     gate cotangents; the weight gradients are single matrix products afterwards."""
     cell, reverse, unroll, _ = static
-    w_hh, b_rec, w_hr, lengths, saved, carry_prev = res
+    xs, w_ih, b_x, w_hh, b_rec, w_hr, lengths, saved, carry_prev = res
     d_carry, dys, _ = cts
     cd = cell.compute_dtype
     mask = _mask(lengths, dys.shape[0])
@@ -331,13 +356,17 @@ def _recurrence_bwd(static, res, cts):
         da = jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
     else:
         da = dgx
-    dw_hh = jnp.einsum("tng,tnh->gh", da.astype(cd), carry_prev[0].astype(cd), preferred_element_type=jnp.float32)
+    T, N, I = xs.shape
+    dxs = jnp.dot(dgx.reshape(T * N, -1).astype(cd), w_ih.astype(cd), preferred_element_type=jnp.float32)
+    dxs = dxs.reshape(T, N, I).astype(xs.dtype)
+    dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
+    db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
+    dw_hh = _weight_grad(da, carry_prev[0], cd).astype(w_hh.dtype)
     db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
     if w_hr is not None:
-        dw_hr = jnp.einsum("tnp,tnh->ph", g_h.astype(cd), saved[-1].astype(cd),
-                           preferred_element_type=jnp.float32).astype(w_hr.dtype)
-    return dgx, dw_hh.astype(w_hh.dtype), db_rec, dw_hr, d_carry0, None
+        dw_hr = _weight_grad(g_h, saved[-1], cd).astype(w_hr.dtype)
+    return dxs, dw_ih, db_x, dw_hh, db_rec, dw_hr, d_carry0, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
