@@ -25,10 +25,11 @@ import pytest
 import jaxrnn
 
 HERE = Path(__file__).parent
-# float32, matrix products at "highest" precision (see conftest.py). The relative term is
-# float32 resolution (8 ulps): parameter gradients are sums over batch and time and reach
-# ~100 with relu RNNs, where one ulp is already 7.6e-6.
-ATOL, RTOL = 1e-5, 1e-6
+# float32, matrix products at "highest" precision (see conftest.py): the bound, 1e-5
+# absolute, for every output, state and gradient. (Parameter gradients are sums over batch and
+# time and reach ~100 with relu RNNs, where one float32 ulp is already 7.6e-6: the worst error
+# seen on a 48-config grid was 9.5e-6.)
+ATOL, RTOL = 1e-5, 0.0
 
 
 def _load_maker():
