@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import scan as _scan
-from jaxrnn.cells import Cell, check_input
+from jaxrnn.cells import Cell, _describe, check_input
 
 Array = jax.Array
 
@@ -276,14 +276,6 @@ def dense(params: DenseParams, x: Array) -> Array:
 def _dropout(key, x, rate):
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def _describe(x) -> str:
-    if isinstance(x, (tuple, list)):
-        return f"{type(x).__name__} of length {len(x)}"
-    if hasattr(x, "shape"):
-        return f"an array of shape {tuple(x.shape)}"
-    return type(x).__name__
 
 
 def stack(
