@@ -185,7 +185,12 @@ def main(
     key = jax.random.key(seed)
     k_init, k_shuffle = jax.random.split(key)
     # Whole batches only, in `evals_per_epoch` equal chunks (one compiled loop for all).
+    if evals_per_epoch < 1:
+        raise ValueError(f"`evals_per_epoch` must be a positive int; got {evals_per_epoch}.")
     steps_per_epoch = (n_train // batch_size) // evals_per_epoch * evals_per_epoch
+    if steps_per_epoch == 0:
+        raise ValueError(f"`batch_size` ({batch_size}) leaves no batch for each of the {evals_per_epoch} "
+                         f"evaluations per epoch of {n_train} training questions.")
     schedule = optax.cosine_decay_schedule(learning_rate, int(decay_epochs * steps_per_epoch), alpha=0.02)
     tx = optax.adam(schedule)
     state = TrainState.create(init(k_init), tx)

@@ -159,3 +159,10 @@ def test_digits_smoke(digits, tmp_path):
     assert hist["loss"][-1] < hist["loss"][0]
     assert hist["eval_loss"][-1] < hist["eval_loss"][0]
     assert saved["test_accuracy"] > 0.3                      # chance is 0.1
+
+
+def test_examples_name_bad_arguments(addition, digits):
+    with pytest.raises(ValueError, match="`cell`"):
+        digits.make_model("rnn")
+    with pytest.raises(ValueError, match="`batch_size`"):
+        addition.main(num_questions=200, batch_size=512, progress=False, verbose=False)
