@@ -332,11 +332,9 @@ class Cell:
             return (new, (rz, n, a_n)) if save else new
         s = gx if a is None else gx + a
         if self.kind == "rnn_tanh":
-            r = jnp.tanh(s)
-            return ((r,), (r,)) if save else (r,)
+            return ((jnp.tanh(s),), ()) if save else (jnp.tanh(s),)
         if self.kind == "rnn_relu":
-            r = jax.nn.relu(s)
-            return ((r,), (r,)) if save else (r,)
+            return ((jax.nn.relu(s),), ()) if save else (jax.nn.relu(s),)
         # All four gate nonlinearities as one tanh over the contiguous [N, 4H] block
         # (sigmoid(x) = 0.5 * tanh(x / 2) + 0.5): one vectorised pass instead of four
         # sliced ones, ~3x faster gate arithmetic on XLA:CPU.
@@ -344,16 +342,19 @@ class Cell:
         act = jnp.tanh(s * scale) * scale + offset
         i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
         c = f * carry[1] + i * g
-        tc = jnp.tanh(c)
-        new = (o * tc, c)
-        return (new, (act, tc)) if save else new
+        new = (o * jnp.tanh(c), c)
+        return (new, (act,)) if save else new
 
-    def pointwise_bwd(self, saved: tuple, carry: tuple, g_new: tuple):
-        """Backward of :meth:`pointwise` from its saved activations (no recomputation).
+    def pointwise_bwd(self, saved: tuple, carry: tuple, new: tuple, g_new: tuple):
+        """Backward of :meth:`pointwise` from its saved activations.
+
+        Only ``tanh(c_new)`` is recomputed (LSTM); the gate activations are saved.
 
         Args:
           saved: the activations :meth:`pointwise` returned with ``save=True``.
           carry: the previous state, as passed to :meth:`pointwise`.
+          new: the new state :meth:`pointwise` returned (``r`` is only read for RNN
+            cells, ``c_new`` for LSTM); entries that are not read may be None.
           g_new: cotangents of the new state, ``(g_r,)`` or ``(g_r, g_c)``.
 
         Returns:
@@ -372,14 +373,14 @@ class Cell:
             da = jnp.concatenate([drz, dn * r], axis=-1)
             return dgx, da, (g * z,)
         if self.kind == "rnn_tanh":
-            (r,) = saved
+            r = new[0]
             d = g_new[0] * (1.0 - r * r)
             return d, d, (None,)
         if self.kind == "rnn_relu":
-            (r,) = saved
-            d = jnp.where(r > 0, g_new[0], 0.0)
+            d = jnp.where(new[0] > 0, g_new[0], 0.0)
             return d, d, (None,)
-        act, tc = saved
+        (act,) = saved
+        tc = jnp.tanh(new[1])
         H = self.hidden_size
         i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
         g_r, g_c = g_new

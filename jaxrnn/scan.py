@@ -263,9 +263,9 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     The input biases ``b_x`` are added inside the loop, where the addition fuses into
     the gate arithmetic, rather than in a separate pass over the ``[T, N, G*H]`` block.
 
-    With ``save``, the residuals are the gate activations of every step and the state
-    entering it (what cuDNN keeps in its reserve space), so the backward pass never
-    recomputes a transcendental function.
+    With ``save``, the residuals are the gate activations of every step (what cuDNN keeps
+    in its reserve space) and, for LSTM, the cell state after every step. The hidden state
+    entering each step is not stored: it is the previous output (see :func:`_previous`).
     """
     cell, reverse, unroll, _ = static
     cd = cell.compute_dtype
@@ -284,7 +284,6 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         new, saved = cell.pointwise(gx_t, a, carry, save=True)
         h = new[0]
         if w_hr is not None:
-            saved = saved + (h,)
             h = _matmul(h, w_hr, cd)
         new = tuple(n.astype(c.dtype) for n, c in zip((h,) + tuple(new[1:]), carry))
         if m_t is None:
@@ -292,10 +291,27 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         else:
             y = jnp.where(m_t, new[0], jnp.zeros_like(new[0]))
             new = tuple(jnp.where(m_t, n, c) for n, c in zip(new, carry))
-        return new, ((y, saved, carry) if save else (y,))
+        return new, ((y, saved, new[1:]) if save else (y,))
 
     carry, outs = jax.lax.scan(body, carry0, (gx, mask), reverse=reverse, unroll=unroll)
     return carry, outs[0], outs[1:]
+
+
+def _previous(seq, first, lengths, reverse):
+    """The state entering each step, from the states after each step (``[T, N, F]``).
+
+    Only steps inside each sequence's length matter (the backward pass zeroes the rest),
+    and there the state before step ``t`` is the state after step ``t - 1`` (``t + 1``
+    when reversed), or ``first`` at the first step processed. A step's output equals
+    its new hidden state inside the length, so ``ys`` serves for ``h``.
+    """
+    if not reverse:
+        return jnp.concatenate([first[None].astype(seq.dtype), seq[:-1]], axis=0)
+    prev = jnp.concatenate([seq[1:], first[None].astype(seq.dtype)], axis=0)
+    if lengths is not None:
+        starts = jnp.arange(seq.shape[0], dtype=jnp.int32)[:, None] == (lengths - 1)[None, :]
+        prev = jnp.where(starts[..., None], first[None], prev)
+    return prev
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -304,9 +320,9 @@ def _recurrence(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
 
 
 def _recurrence_fwd(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
-    carry, ys, (saved, carry_prev) = _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths,
-                                                      save=True)
-    return (carry, ys, ()), (xs, w_ih, b_x, w_hh, b_rec, w_hr, lengths, saved, carry_prev)
+    carry, ys, (saved, rest) = _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths,
+                                                save=True)
+    return (carry, ys, ()), (xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, ys, saved, rest)
 
 
 def _matmul_untransposed(x, w, compute_dtype):
@@ -320,23 +336,24 @@ def _recurrence_bwd(static, res, cts):
     """The backward loop carries only the state cotangents and emits the per-step
     gate cotangents; the weight gradients are single matrix products afterwards."""
     cell, reverse, unroll, _ = static
-    xs, w_ih, b_x, w_hh, b_rec, w_hr, lengths, saved, carry_prev = res
+    xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, ys, saved, rest = res
     d_carry, dys, _ = cts
     cd = cell.compute_dtype
     mask = _mask(lengths, dys.shape[0])
+    h_prev = _previous(ys, carry0[0], lengths, reverse)
+    prev = (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:]))
+    # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
+    new = (ys if cell.kind.startswith("rnn") else None,) + tuple(rest)
 
     def body(dcarry, inp):
-        saved_t, cprev_t, dy_t, m_t = inp
+        saved_t, prev_t, new_t, dy_t, m_t = inp
         g_h = dcarry[0] + dy_t
         g_rest = tuple(dcarry[1:])
         if m_t is not None:
             g_h = jnp.where(m_t, g_h, 0.0)
             g_rest = tuple(jnp.where(m_t, d, 0.0) for d in g_rest)
-        g_r = g_h
-        if w_hr is not None:
-            g_r = _matmul_untransposed(g_h, w_hr, cd)
-            saved_t = saved_t[:-1]
-        dgx_t, da_t, dprev = cell.pointwise_bwd(saved_t, cprev_t, (g_r,) + g_rest)
+        g_r = g_h if w_hr is None else _matmul_untransposed(g_h, w_hr, cd)
+        dgx_t, da_t, dprev = cell.pointwise_bwd(saved_t, prev_t, new_t, (g_r,) + g_rest)
         dh_prev = _matmul_untransposed(da_t, w_hh, cd)
         if dprev[0] is not None:
             dh_prev = dh_prev + dprev[0]
@@ -349,10 +366,10 @@ def _recurrence_bwd(static, res, cts):
 
     d_carry = tuple(jnp.asarray(d) for d in d_carry)
     d_carry0, (dgx, g_h) = jax.lax.scan(
-        body, d_carry, (saved, carry_prev, dys, mask), reverse=not reverse, unroll=unroll
+        body, d_carry, (saved, prev, new, dys, mask), reverse=not reverse, unroll=unroll
     )
+    H = cell.hidden_size
     if cell.kind == "gru":  # d(a_n) = d(gx_n) * r; the other gates share gx's cotangent
-        H = cell.hidden_size
         da = jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
     else:
         da = dgx
@@ -361,11 +378,12 @@ def _recurrence_bwd(static, res, cts):
     dxs = dxs.reshape(T, N, I).astype(xs.dtype)
     dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
     db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
-    dw_hh = _weight_grad(da, carry_prev[0], cd).astype(w_hh.dtype)
+    dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
     db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
-    if w_hr is not None:
-        dw_hr = _weight_grad(g_h, saved[-1], cd).astype(w_hr.dtype)
+    if w_hr is not None:  # r = o * tanh(c) before the projection, for every step at once
+        r = saved[0][..., 3 * H :] * jnp.tanh(rest[0])
+        dw_hr = _weight_grad(g_h, r, cd).astype(w_hr.dtype)
     return dxs, dw_ih, db_x, dw_hh, db_rec, dw_hr, d_carry0, None
 
 
