@@ -90,10 +90,6 @@ _PARAMS = {"rnn_tanh": RNNParams, "rnn_relu": RNNParams, "gru": GRUParams, "lstm
 _INITS = ("uniform", "orthogonal")
 
 
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """A recurrent cell: static hyperparameters plus pure functions.
