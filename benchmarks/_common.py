@@ -159,3 +159,14 @@ def print_table(rows: Sequence[dict], columns: Sequence[str], formats: Optional[
     if title:
         print(f"\n{title}", file=file)
     print(format_table(rows, columns, formats), file=file, flush=True)
+
+
+def save_figure(fig, path) -> pathlib.Path:
+    """Writes a matplotlib figure as PNG (creating the folder) and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -59,7 +59,7 @@ import numpy as np
 import jaxrnn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, print_table, write_json  # noqa: E402
+from _common import device_info, device_slug, print_table, save_figure, write_json  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 LOSSES = ("many2many", "many2one")
@@ -188,11 +188,7 @@ def plot(records: list[dict], path, env: dict, cfg) -> pathlib.Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"{env['device']} ({env['backend']}), jax {env['jax']}", fontsize=9)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- a real long run

@@ -55,7 +55,7 @@ import numpy as np
 import jaxrnn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, print_table, time_compile, time_fn, write_json  # noqa: E402
+from _common import device_info, device_slug, print_table, save_figure, time_compile, time_fn, write_json  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 CELLS = {"rnn": lambda H: jaxrnn.rnn(H), "gru": lambda H: jaxrnn.gru(H), "lstm": lambda H: jaxrnn.lstm(H)}
@@ -300,11 +300,7 @@ def plot(records: list[dict], path, env: dict, cfg: argparse.Namespace) -> pathl
                 ax.legend(fontsize=7)
     fig.suptitle(f"scan vs loop on {env['device']} ({env['backend']}), jax {env['jax']}", fontsize=10)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- main

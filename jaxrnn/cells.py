@@ -291,13 +291,18 @@ class Cell:
 
         Works on any leading shape: ``[..., I] -> [..., G*H]``. For LSTM and RNN both
         biases are folded in here; for GRU only ``b_ih`` (``b_hh`` stays inside
-        ``r * (W_hn h + b_hn)`` and is added in :meth:`recurrent`).
+        ``r * (W_hn h + b_hn)``: see :meth:`recurrent_bias`).
         """
         gx = _matmul(xs, params.w_ih, self.compute_dtype)
-        if self.bias:
-            b = params.b_ih if self.kind == "gru" else params.b_ih + params.b_hh
-            gx = gx + b.astype(jnp.float32)
-        return gx
+        b = self.input_bias(params)
+        return gx if b is None else gx + b.astype(jnp.float32)
+
+    def input_bias(self, params) -> Optional[Array]:
+        """The biases that can be added to the input projection: ``b_ih + b_hh``, or
+        only ``b_ih`` for GRU (None without biases)."""
+        if not self.bias:
+            return None
+        return params.b_ih if self.kind == "gru" else params.b_ih + params.b_hh
 
     def recurrent_bias(self, params) -> Optional[Array]:
         """The bias added to ``h @ w_hh.T`` inside the loop (GRU only)."""
@@ -459,6 +464,13 @@ def _matmul(x: Array, w: Array, compute_dtype) -> Array:
         w.astype(compute_dtype),
         preferred_element_type=jnp.float32,
     )
+
+
+def _matmul_untransposed(x: Array, w: Array, compute_dtype) -> Array:
+    """``x @ w`` with a float32 result. Writing it ``_matmul(x, w.T)`` inside a loop
+    made XLA:CPU transpose ``w`` at every step (4x slower fwd+bwd at B=1)."""
+    return jnp.einsum("...g,gh->...h", x.astype(compute_dtype), w.astype(compute_dtype),
+                      preferred_element_type=jnp.float32)
 
 
 def _describe(x) -> str:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import Cell, LSTMState, _matmul, check_input
+from jaxrnn.cells import Cell, LSTMState, _matmul, _matmul_untransposed, check_input
 
 Array = jax.Array
 
@@ -226,9 +226,7 @@ def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array
 
 def _layer(static, params, carry, xs_TNI, lengths):
     cell, _, _, use_custom_vjp = static
-    b_x = None
-    if cell.bias:
-        b_x = params.b_ih if cell.kind == "gru" else params.b_ih + params.b_hh
+    b_x = cell.input_bias(params)
     w_hr = params.w_hr if cell.proj_size else None
     fn = _recurrence if use_custom_vjp else _recurrence_impl
     carry, ys, _ = fn(static, xs_TNI, params.w_ih, b_x, params.w_hh, cell.recurrent_bias(params), w_hr, carry,
@@ -236,12 +234,12 @@ def _layer(static, params, carry, xs_TNI, lengths):
     return carry, ys
 
 
-def _project(xs_TNI, w_ih, compute_dtype):
-    """``xs @ w_ih.T`` for every step at once, as one 2-D matrix product."""
-    T, N, I = xs_TNI.shape
-    gx = jnp.dot(xs_TNI.reshape(T * N, I).astype(compute_dtype), w_ih.T.astype(compute_dtype),
-                 preferred_element_type=jnp.float32)
-    return gx.reshape(T, N, -1)
+def _seq_matmul(x_TNK, w, compute_dtype):
+    """``x @ w.T`` for every step at once, as one 2-D matrix product: ``[T, N, K] -> [T, N, G]``."""
+    T, N, K = x_TNK.shape
+    y = jnp.dot(x_TNK.reshape(T * N, K).astype(compute_dtype), w.T.astype(compute_dtype),
+                preferred_element_type=jnp.float32)
+    return y.reshape(T, N, -1)
 
 
 def _weight_grad(d_TNG, x_TNK, compute_dtype):
@@ -270,7 +268,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     cell, reverse, unroll, _ = static
     cd = cell.compute_dtype
     mask = _mask(lengths, xs.shape[0])
-    gx = _project(xs, w_ih, cd)
+    gx = _seq_matmul(xs, w_ih, cd)
 
     def body(carry, inp):
         gx_t, m_t = inp
@@ -325,13 +323,6 @@ def _recurrence_fwd(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
     return (carry, ys, ()), (xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, ys, saved, rest)
 
 
-def _matmul_untransposed(x, w, compute_dtype):
-    """``x @ w`` with a float32 result. Writing it ``_matmul(x, w.T)`` inside the backward
-    loop made XLA:CPU transpose ``w`` at every step (4x slower fwd+bwd at B=1)."""
-    return jnp.einsum("...g,gh->...h", x.astype(compute_dtype), w.astype(compute_dtype),
-                      preferred_element_type=jnp.float32)
-
-
 def _recurrence_bwd(static, res, cts):
     """The backward loop carries only the state cotangents and emits the per-step
     gate cotangents; the weight gradients are single matrix products afterwards."""
@@ -373,9 +364,7 @@ def _recurrence_bwd(static, res, cts):
         da = jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
     else:
         da = dgx
-    T, N, I = xs.shape
-    dxs = jnp.dot(dgx.reshape(T * N, -1).astype(cd), w_ih.astype(cd), preferred_element_type=jnp.float32)
-    dxs = dxs.reshape(T, N, I).astype(xs.dtype)
+    dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
     dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
     db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
     dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
