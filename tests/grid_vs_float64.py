@@ -1,0 +1,94 @@
+"""How far jaxrnn and torch, both in float32, are from torch in float64, on the parity grid.
+
+``test_torch_parity.py`` asserts jaxrnn within 1e-5 of torch in float32. Where a value is
+large (parameter gradients of relu RNNs reach ~100, where one float32 ulp is 7.6e-6),
+1e-5 is about one ulp and the two libraries' different summation orders alone can
+exceed it. This script says which side is off: for every key of every configuration it
+prints, where jaxrnn and torch differ by more than 1e-5, the error of each float32 result
+against torch's float64 result, in ulps of the value, and the largest errors overall. Not a test (run it by hand; it needs torch)::
+
+    python tests/grid_vs_float64.py            # the 48-config grid
+    python tests/grid_vs_float64.py 33 40      # some configurations
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def main(argv=None):
+    import torch
+
+    import test_torch_parity as parity  # noqa: E402  (run from tests/, or with tests/ on sys.path)
+
+    import jaxrnn
+
+    argv = sys.argv[1:] if argv is None else argv
+    indices = [int(a) for a in argv] or list(range(48))
+    print(f"{'config':>6} {'key':<28} {'|value|':>9} {'jax-torch32':>11} {'jax32 err':>10} {'torch32 err':>11}"
+          f" {'jax32 ulps':>10} {'torch32 ulps':>12}")
+    worst = {"jax": 0.0, "torch": 0.0}
+    for i in indices:
+        config = parity.grid_config(i)
+        module = parity.maker.build_module(config, seed=i)
+        inputs = parity.maker.random_inputs(config, seed=i)
+        expected32 = parity.maker.torch_run(module, inputs)
+        module64 = parity.maker.build_module(config, seed=i).double()
+        inputs64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in inputs.items()}
+        expected64 = _torch_run64(parity.maker, module64, inputs64)
+        tnet, params = jaxrnn.from_torch(module)
+        result, g_params = parity.jax_run(tnet, params, inputs)
+        result.update({f"grad/{k}": v.numpy() for k, v in jaxrnn.to_torch_state_dict(tnet, g_params).items()})
+        for key, truth in expected64.items():
+            if truth.size == 0:
+                continue
+            j = np.asarray(result[key], np.float64)
+            t = expected32[key].astype(np.float64)
+            diff = np.abs(j - t)
+            at = int(np.argmax(diff))
+            value = abs(truth.flat[at])
+            ulp = float(np.spacing(np.float32(value)))
+            je, te = abs(j.flat[at] - truth.flat[at]), abs(t.flat[at] - truth.flat[at])
+            scale = float(np.spacing(np.float32(np.max(np.abs(truth)))))  # one ulp of the largest element
+            worst["jax"] = max(worst["jax"], float(np.max(np.abs(j - truth))) / scale)
+            worst["torch"] = max(worst["torch"], float(np.max(np.abs(t - truth))) / scale)
+            worst["abs_jax"] = max(worst.get("abs_jax", 0.0), float(np.max(np.abs(j - truth))))
+            worst["abs_torch"] = max(worst.get("abs_torch", 0.0), float(np.max(np.abs(t - truth))))
+            if diff.flat[at] > 1e-5:
+                print(f"{i:>6} {key:<28} {value:9.3g} {diff.flat[at]:11.3g} {je:10.3g} {te:11.3g} {je / ulp:10.2f}"
+                      f" {te / ulp:12.2f}")
+    print(f"largest error against float64 over every array, in float32 ulps of the array's largest element: "
+          f"jaxrnn {worst['jax']:.2f}, torch {worst['torch']:.2f}; absolute: jaxrnn {worst['abs_jax']:.3g}, "
+          f"torch {worst['abs_torch']:.3g}")
+
+
+def _torch_run64(maker, module, inputs):
+    """``maker.torch_run`` in float64 (it returns float32 arrays; this keeps float64)."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    lstm = isinstance(module, torch.nn.LSTM)
+    xs = torch.tensor(inputs["xs"], requires_grad=True)
+    h0 = torch.tensor(inputs["h0"], requires_grad=True)
+    c0 = torch.tensor(inputs["c0"], requires_grad=True)
+    T = xs.shape[1] if module.batch_first else xs.shape[0]
+    seq = pack_padded_sequence(xs, torch.tensor(inputs["lengths"]), batch_first=module.batch_first,
+                               enforce_sorted=False)
+    out, h_n = module(seq, (h0, c0) if lstm else h0)
+    ys, _ = pad_packed_sequence(out, batch_first=module.batch_first, total_length=T)
+    states = list(h_n) if lstm else [h_n]
+    maker.torch_loss(ys, states).backward()
+    np_ = lambda t: t.detach().numpy()
+    result = {"ys": np_(ys), "h_n": np_(states[0]), "grad/xs": np_(xs.grad), "grad/h0": np_(h0.grad)}
+    if lstm:
+        result.update({"c_n": np_(states[1]), "grad/c0": np_(c0.grad)})
+    for name, p in module.named_parameters():
+        result[f"grad/{name}"] = np_(p.grad)
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    main()
