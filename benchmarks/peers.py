@@ -6,7 +6,8 @@ GRU) and precision (float32, half), this times in one process:
 * ``fwd``: the outputs ``ys`` of one layer run over the whole sequence from a zero
   state;
 * ``fwd+bwd``: the gradient of ``mean(ys**2)`` with respect to the parameters and the
-  inputs.
+  inputs (in half precision times a static loss scale ``B*T``, so that float16
+  gradients do not underflow: see :func:`loss_scale`).
 
 Implementations (all fed the same inputs, and the same weights, copied from the torch
 module, so that their outputs can be checked against each other before timing):
@@ -158,11 +159,19 @@ def _block(tree):
     return jax.block_until_ready(tree)
 
 
-def _mean_sq(ys):
-    return jnp.mean(jnp.square(ys.astype(jnp.float32)))
+def loss_scale(B, T, half):
+    """The static loss scale of a case: 1 in float32; ``B * T`` in half precision, so that
+    the loss is ``mean(ys**2)`` summed over batch and time. Without it, float16 gradients
+    of a mean over millions of outputs (``2 y / (B T H)``, ~1e-7) underflow to zero in
+    torch's cuDNN backward, as mixed-precision training's loss scaling prevents."""
+    return float(B * T) if half else 1.0
 
 
-def make_jaxrnn(kind, module, xs_np, half, unroll, custom_vjp):
+def _loss(ys, scale):
+    return jnp.mean(jnp.square(ys.astype(jnp.float32))) * scale
+
+
+def make_jaxrnn(kind, module, xs_np, half, unroll, custom_vjp, scale=1.0):
     """jaxrnn.unroll with the torch module's weights."""
     _, sparams = jaxrnn.from_torch(module)
     params = sparams.layers[0]
@@ -175,7 +184,7 @@ def make_jaxrnn(kind, module, xs_np, half, unroll, custom_vjp):
         return jaxrnn.unroll(cell, p, None, x, unroll=unroll, custom_vjp=custom_vjp)[1]
 
     fwd = jax.jit(forward)
-    grad = jax.jit(jax.grad(lambda p, x: _mean_sq(forward(p, x)), argnums=(0, 1)))
+    grad = jax.jit(jax.grad(lambda p, x: _loss(forward(p, x), scale), argnums=(0, 1)))
     name = "jaxrnn" if custom_vjp else "jaxrnn_autodiff"
     fns = {"fwd+bwd": lambda: _block(grad(params, xs))}
     if custom_vjp:  # the autodiff variant's forward is the same program
@@ -189,7 +198,7 @@ def make_jaxrnn(kind, module, xs_np, half, unroll, custom_vjp):
                 outputs=lambda: np.asarray(fwd(params, xs), np.float32), grads=grads)
 
 
-def make_torch(kind, module, xs_np, half, device):
+def make_torch(kind, module, xs_np, half, device, scale=1.0):
     """torch.nn.LSTM/GRU itself (a copy, moved to the device and dtype)."""
     import copy
 
@@ -213,7 +222,7 @@ def make_torch(kind, module, xs_np, half, device):
 
     def fwdbwd():
         out, _ = m(xg)
-        loss = out.float().square().mean()
+        loss = out.float().square().mean() * scale
         g = torch.autograd.grad(loss, [xg] + params)
         sync()
         return g
@@ -248,7 +257,7 @@ def flax_variables(kind, module):
     return {"params": {"cell": jax.tree.map(jnp.asarray, cell)}}
 
 
-def make_flax(kind, module, xs_np, half, flax_unroll):
+def make_flax(kind, module, xs_np, half, flax_unroll, scale=1.0):
     import flax.linen as nn
 
     H = module.hidden_size
@@ -262,7 +271,7 @@ def make_flax(kind, module, xs_np, half, flax_unroll):
     if want != got:
         raise ValueError(f"flax variables mismatch: expected {want}, built {got}")
     fwd = jax.jit(model.apply)
-    grad = jax.jit(jax.grad(lambda v, x: _mean_sq(model.apply(v, x)), argnums=(0, 1)))
+    grad = jax.jit(jax.grad(lambda v, x: _loss(model.apply(v, x), scale), argnums=(0, 1)))
 
     def grads():
         gv, gx = grad(variables, xs)
@@ -276,7 +285,7 @@ def make_flax(kind, module, xs_np, half, flax_unroll):
                 outputs=lambda: np.asarray(fwd(variables, xs), np.float32), grads=grads)
 
 
-def make_jax_cudnn(kind, module, xs_np, half):
+def make_jax_cudnn(kind, module, xs_np, half, scale=1.0):
     from jax.experimental import rnn
 
     sd = {k: jnp.asarray(v.detach().cpu().float().numpy()) for k, v in module.state_dict().items()}
@@ -297,7 +306,7 @@ def make_jax_cudnn(kind, module, xs_np, half):
                         dropout=0.0, bidirectional=False)[0]
 
     fwd = jax.jit(forward)
-    grad = jax.jit(jax.grad(lambda w, x: _mean_sq(forward(w, x)), argnums=(0, 1)))
+    grad = jax.jit(jax.grad(lambda w, x: _loss(forward(w, x), scale), argnums=(0, 1)))
 
     def grads():
         gw, gx = grad(w, xs)
@@ -332,14 +341,15 @@ def run_case(kind, shape, half, args, torch_device, log) -> dict:
     module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(I, H, batch_first=True)
     xs_np = np.random.default_rng(args.seed).standard_normal((B, T, I)).astype(np.float32)
     gpu = jax.default_backend() == "gpu"
+    scale = loss_scale(B, T, half)
     notes, impls = [], []
 
     builders = {
-        "jaxrnn": lambda: make_jaxrnn(kind, module, xs_np, half, args.unroll, True),
-        "jaxrnn_autodiff": lambda: make_jaxrnn(kind, module, xs_np, half, args.unroll, False),
-        "torch": lambda: make_torch(kind, module, xs_np, half, torch_device),
-        "flax": lambda: make_flax(kind, module, xs_np, half, args.flax_unroll),
-        "jax_cudnn": lambda: make_jax_cudnn(kind, module, xs_np, half),
+        "jaxrnn": lambda: make_jaxrnn(kind, module, xs_np, half, args.unroll, True, scale),
+        "jaxrnn_autodiff": lambda: make_jaxrnn(kind, module, xs_np, half, args.unroll, False, scale),
+        "torch": lambda: make_torch(kind, module, xs_np, half, torch_device, scale),
+        "flax": lambda: make_flax(kind, module, xs_np, half, args.flax_unroll, scale),
+        "jax_cudnn": lambda: make_jax_cudnn(kind, module, xs_np, half, scale),
     }
     for name in args.impls:
         if name == "jax_cudnn" and not gpu:
@@ -362,7 +372,7 @@ def run_case(kind, shape, half, args, torch_device, log) -> dict:
             log("  " + msg)
 
     # Correctness cross-check, against torch in float32 (computed here on the torch device).
-    ref_impl = make_torch(kind, module, xs_np, False, torch_device)
+    ref_impl = make_torch(kind, module, xs_np, False, torch_device, scale)
     ref_y = ref_impl.outputs()
     ref_dx, ref_dw = ref_impl.grads()
     f32_tol = 2e-2 if torch_device == "cuda" else 1e-4  # TF32 matmuls on GPUs (cuDNN and XLA)
@@ -427,6 +437,7 @@ def run_case(kind, shape, half, args, torch_device, log) -> dict:
         "cell": kind,
         "shape": {"B": B, "T": T, "I": I, "H": H},
         "precision": "half" if half else "float32",
+        "loss_scale": scale,
         "check": checks,
         "results": results,
         "notes": notes,
@@ -452,7 +463,8 @@ def markdown(report: dict) -> str:
         "",
         f"jaxrnn unroll={cfg['unroll']}, flax unroll={cfg['flax_unroll']}; {cfg['rounds']} interleaved rounds of "
         f">= {cfg['min_time']} s per sample; median ms ({cfg['clock']} clock) per call. Ratios are time / peer's time (< 1: faster). "
-        "fwd+bwd = gradient of mean(ys**2) w.r.t. the parameters and the inputs.",
+        "fwd+bwd = gradient of mean(ys**2) w.r.t. the parameters and the inputs (half precision: "
+        "times the loss scale B*T).",
         "",
         "| cell | B×T×I×H | precision | impl | dtype | fwd ms | fwd ×torch | fwd ×flax "
         "| fwd+bwd ms | f+b ×torch | f+b ×flax | first call s (fwd / f+b) |",

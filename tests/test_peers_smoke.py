@@ -116,14 +116,18 @@ def test_lstm_float32_run(reports):
     assert {"jaxrnn", "jaxrnn_autodiff", "flax"} <= set(checks) and "torch" not in checks
     for impl in ("jaxrnn", "jaxrnn_autodiff", "flax"):
         assert checks[impl]["ok"], checks[impl]
-        assert checks[impl]["fwd_max_abs_diff"] < 1e-5
-        assert checks[impl]["dx_max_rel_diff"] < 1e-4 and checks[impl]["dw_hh_max_rel_diff"] < 1e-4
+        if rep["environment"]["torch_device"] == "cpu":  # on a GPU, cuDNN's float32 runs in TF32
+            assert checks[impl]["fwd_max_abs_diff"] < 1e-5
+            assert checks[impl]["dx_max_rel_diff"] < 1e-4 and checks[impl]["dw_hh_max_rel_diff"] < 1e-4
+    assert case["loss_scale"] == 1.0
 
 
 def test_gru_half_run(reports):
     rep, _ = reports["gru_half"]
     (case,) = rep["cases"]
     assert (case["cell"], case["precision"], rep["config"]["clock"]) == ("gru", "half", "cpu")
+    s = case["shape"]
+    assert case["loss_scale"] == s["B"] * s["T"]  # so that float16 gradients do not underflow
     by = _by(case)
     assert by[("jaxrnn", "fwd")]["dtype"] == "bfloat16" and by[("flax", "fwd")]["dtype"] == "bfloat16"
     assert by[("torch", "fwd")]["dtype"] in ("bfloat16", "float16")
