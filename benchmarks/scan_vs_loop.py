@@ -21,7 +21,10 @@ four ways to run the same cell over a sequence ``xs`` of shape ``[B, T, I]``:
   fewer loop round trips, a ``k``-times larger body).
 
 For each it measures the trace+compile time (``jax.jit(f).lower(...).compile()`` of a
-freshly built function, so no cache hides it), the steady-state forward run time
+freshly built function, so no trace cache hides it; for the scans the median of
+``--compile-repeats`` such compiles, as one compile of a scan varies by 2-3x on a GPU;
+on a GPU the first compile of a new matrix-product shape also autotunes it, and later
+compiles in the process reuse that), the steady-state forward run time
 (after warm-up, waited on with ``block_until_ready``, median of repeats) and the same
 two numbers for the gradient of ``mean(ys**2)`` with respect to the parameters
 (``grad_compile_s``, ``grad_run_ms``).
@@ -125,10 +128,19 @@ def measure_eager(fn: Callable, args: tuple, repeats: int, budget_s: float) -> t
     return first_s, run_ms, max(first_s - run_ms / 1e3, 0.0)
 
 
-def measure_jit(fn: Callable, args: tuple, repeats: int, warmup: int) -> tuple[float, float]:
-    """``(compile_s, run_ms)`` of ``jax.jit(fn)``."""
-    compile_s, compiled = time_compile(fn, *args)
-    return compile_s, time_fn(compiled, *args, repeats=repeats, warmup=warmup)
+def measure_jit(make: Callable[[], Callable], args: tuple, repeats: int, warmup: int,
+                compiles: int = 1) -> tuple[float, float, list]:
+    """``(compile_s, run_ms, compile_samples_s)`` of ``jax.jit(make())``.
+
+    ``compile_s`` is the median over ``compiles`` compiles, each of a freshly made
+    function. Single compiles of a scan vary by 2-3x on a GPU (0.25-0.7 s seen on an
+    H100, whatever T), which would swamp the flat-in-T claim; the repeats steady it.
+    """
+    samples, compiled = [], None
+    for _ in range(max(1, compiles)):
+        t, compiled = time_compile(make(), *args)
+        samples.append(t)
+    return statistics.median(samples), time_fn(compiled, *args, repeats=repeats, warmup=warmup), samples
 
 
 def run_one(method: str, cell: jaxrnn.Cell, T: int, args: tuple, cfg: argparse.Namespace, do_grad: bool) -> dict:
@@ -142,11 +154,15 @@ def run_one(method: str, cell: jaxrnn.Cell, T: int, args: tuple, cfg: argparse.N
             rec.update(grad_compile_s=overhead, grad_run_ms=run_ms, grad_first_call_s=first)
         rec["compile_kind"] = "eager first-call overhead (first call minus a steady call)"
     else:
-        rec["compile_s"], rec["run_ms"] = measure_jit(build(method, cell, T), args, cfg.repeats, cfg.warmup)
+        # Scans compile in well under a second: take the median of a few. The unrolled
+        # loop's compile takes seconds and grows with T: once is enough.
+        n = 1 if method == "jit_unrolled" else cfg.compile_repeats
+        rec["compile_s"], rec["run_ms"], rec["compile_samples_s"] = measure_jit(
+            lambda: build(method, cell, T), args, cfg.repeats, cfg.warmup, n)
         if do_grad:
-            rec["grad_compile_s"], rec["grad_run_ms"] = measure_jit(
-                loss_grad(build(method, cell, T)), args, cfg.repeats, cfg.warmup)
-        rec["compile_kind"] = "jit lower+compile"
+            rec["grad_compile_s"], rec["grad_run_ms"], _ = measure_jit(
+                lambda: loss_grad(build(method, cell, T)), args, cfg.repeats, cfg.warmup)
+        rec["compile_kind"] = "jit lower+compile" + (f", median of {n}" if n > 1 else "")
     for key in ("grad_compile_s", "grad_run_ms"):
         rec.setdefault(key, None)
     return rec
@@ -333,6 +349,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "default 64; quick 16)")
     p.add_argument("--max-eager-grad-T", type=int, default=None,
                    help="largest T for python_loop's gradient (eager autodiff is slow; default 256; quick 64)")
+    p.add_argument("--compile-repeats", type=int, default=3,
+                   help="fresh compiles per scan measurement, median reported (default 3; jit_unrolled: 1)")
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write a PNG here")
     p.add_argument("--no-save", action="store_true", help="don't write the default results files")
@@ -348,6 +366,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cfg.max_unrolled_T = cfg.max_unrolled_T or 256
     cfg.max_unrolled_grad_T = cfg.max_unrolled_grad_T or (16 if q else 64)
     cfg.max_eager_grad_T = cfg.max_eager_grad_T or (64 if q else 256)
+    if cfg.compile_repeats < 1:
+        p.error(f"--compile-repeats must be positive; got {cfg.compile_repeats}")
     if cfg.unroll_k < 1:
         p.error(f"--unroll-k must be positive; got {cfg.unroll_k}")
     return cfg
