@@ -216,7 +216,7 @@ def main(argv=None):
                            "rounds": args.rounds, "min_time": args.min_time},
                    summary=summary, best_unroll=best, choice=choice, tie=TIE)
         print(f"wrote {path}")
-    return best
+    return choice
 
 
 if __name__ == "__main__":

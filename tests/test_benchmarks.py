@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/scan_vs_loop.py and benchmarks/memory.py: tiny runs end to end."""
+"""Smoke tests of benchmarks/scan_vs_loop.py, unroll_sweep.py and memory.py: tiny runs end to end."""
 
 import importlib.util
 import json
@@ -71,6 +71,7 @@ def test_scan_vs_loop_smoke(svl, tmp_path, capsys):
     out = svl.main(["--T", "4", "8", "--cells", "rnn", "--B", "2", "--I", "3", "--H", "4",
                     "--repeats", "1", "--warmup", "0", "--eager-budget", "0", "--unroll-k", "2",
                     "--max-unrolled-T", "8", "--max-unrolled-grad-T", "4", "--max-eager-grad-T", "4",
+                    "--compile-repeats", "2",
                     "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--no-save"])
     printed = capsys.readouterr().out
     assert "Story checks:" in printed and "jax " in printed
@@ -92,6 +93,10 @@ def test_scan_vs_loop_smoke(svl, tmp_path, capsys):
             assert _positive(r["grad_compile_s"]) and r["grad_run_ms"] > 0, r
         if r["method"] == "scan":
             assert r["run_vs_scan"] == 1.0 and r["compile_vs_scan"] == 1.0
+        if r["method"] != "python_loop":  # scans: the median of 2 fresh compiles; the unrolled loop: one
+            n = 1 if r["method"] == "jit_unrolled" else 2
+            assert len(r["compile_samples_s"]) == n and all(_positive(t) for t in r["compile_samples_s"])
+            assert r["compile_s"] == pytest.approx(float(np.median(r["compile_samples_s"])))
         if r["method"] == "python_loop":
             assert r["first_call_s"] >= r["compile_s"]
     claims = [(c["cell"], c["claim"]) for c in data["checks"]]
@@ -120,7 +125,45 @@ def test_scan_vs_loop_rejects_bad_args(svl):
     with pytest.raises(SystemExit):
         svl.parse_args(["--T", "0"])
     with pytest.raises(SystemExit):
+        svl.parse_args(["--compile-repeats", "0"])
+    with pytest.raises(SystemExit):
         svl.parse_args(["--cells", "transformer"])
+
+
+# --------------------------------------------------------------------------- unroll_sweep
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    yield _load("unroll_sweep")
+    sys.modules.pop("benchmarks_unroll_sweep", None)
+
+
+def test_unroll_sweep_choice_logic(sweep):
+    key = "fwd+bwd geomean vs unroll=1"
+    summary = [{"unroll": 1, key: 1.0}, {"unroll": 4, key: 0.70}, {"unroll": 8, key: 0.69},
+               {"unroll": 16, key: 0.68}, {"unroll": 32, key: 0.75}]
+    assert sweep.choose(summary, 1) == (16, 4)  # 0.70 is within 3% of 0.68: the smaller program wins
+    summary[1][key] = 0.71
+    assert sweep.choose(summary, 1) == (16, 8)
+    summary[0][key] = 0.5  # unroll 1 fastest
+    assert sweep.choose(summary, 1) == (1, 1)
+
+
+def test_unroll_sweep_smoke(sweep, tmp_path):
+    best = sweep.main(["--shapes", "2x6x3x4", "--cells", "lstm,gru", "--unrolls", "1,3", "--rounds", "2",
+                       "--min-time", "0", "--no-torch", "--json", str(tmp_path / "u.json")])
+    data = json.loads((tmp_path / "u.json").read_text())
+    assert data["benchmark"] == "unroll_sweep" and data["env"]["jax"] == jax.__version__
+    assert best == data["choice"] and best in (1, 3) and data["best_unroll"] in (1, 3)
+    recs = data["records"]
+    assert {(r["cell"], r["unroll"], r["mode"]) for r in recs} == {
+        (c, u, m) for c in ("lstm", "gru") for u in (1, 3) for m in ("fwd", "fwd+bwd")}
+    assert all(len(r["samples_ms"]) == 2 and r["median_ms"] > 0 for r in recs)
+    assert [r["unroll"] for r in data["summary"]] == [1, 3]
+    assert data["summary"][0]["fwd+bwd geomean vs unroll=1"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        sweep.main(["--unrolls", "0", "--no-save"])
 
 
 # --------------------------------------------------------------------------- memory
