@@ -263,16 +263,18 @@ def _mask(lengths, T):
 
 
 def _in_place(cell: Cell) -> bool:
-    """Whether the forward pass writes each step's saved gate activations over that
-    step's input projection, which it no longer needs: for LSTM both are ``[N, 4H]``.
-    This saves a fresh ``[T, N, 4H]`` buffer per call, whose zero-fill and first-touch
-    page faults cost more on the CPU than the writes themselves (fwd+bwd of an LSTM
-    at B32 T128 H256 on 2 CPU cores: 123 -> 118 ms). The same trick in the backward
-    pass (gate cotangents over the activations) made XLA copy the whole buffer at
-    every step, because the activations are read by several fusions there. CPU only:
-    on an H100 the in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9
-    interleaved rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256
-    H256), and it is unmeasured on TPUs."""
+    """Whether one ``[T, N, 4H]`` buffer serves three arrays in turn: the forward pass
+    writes each step's saved gate activations over that step's input projection, which
+    it no longer needs, and the backward pass writes each step's gate cotangents over
+    that step's activations. Each saves a fresh ``[T, N, 4H]`` buffer per call, whose
+    zero-fill and first-touch page faults cost more on the CPU than the writes
+    themselves. LSTM fwd+bwd on 2 CPU cores, A/B medians in one process: the forward
+    took B32 T128 H256 from 123 to 118 ms; the backward (with the cell state entering
+    each step read in the loop, not from a shifted copy) then took it from 110-112 to
+    101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms. CPU only: on an H100 the
+    in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9 interleaved
+    rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256 H256), and
+    it is unmeasured on TPUs."""
     return cell.is_lstm and jax.default_backend() == "cpu"
 
 
@@ -368,7 +370,9 @@ def _recurrence_bwd(static, res, cts):
     cd = cell.compute_dtype
     mask = _mask(lengths, dys.shape[0])
     h_prev = _previous(ys, carry0[0], lengths, reverse)
-    prev = (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:]))
+    in_place = _in_place(cell) and w_hr is None  # (with a projection, the activations are read after the loop)
+    prev = None if in_place else (
+        (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:])))
     # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
     new = (ys if cell.kind.startswith("rnn") else None,) + tuple(rest)
 
@@ -392,9 +396,37 @@ def _recurrence_bwd(static, res, cts):
         return new_dcarry, (dgx_t, g_h if w_hr is not None else None)
 
     d_carry = tuple(jnp.asarray(d) for d in d_carry)
-    d_carry0, (dgx, g_h) = jax.lax.scan(
-        body, d_carry, (saved, prev, new, dys, mask), reverse=not reverse, unroll=unroll
-    )
+    if in_place:
+        # Each step's gate cotangents overwrite its saved activations, which nothing
+        # reads afterwards (see _in_place).
+        def body_ip(carry, inp):
+            dcarry, buf = carry
+            t, rest_t = inp[0], inp[1:]
+            # Read act_t once, into a small array of its own. XLA fuses a plain slice into
+            # each of its several readers, and then copies the whole buffer at every step
+            # unless it can order all of them before the write; a conditional is a fusion
+            # boundary it keeps (the predicate is always true).
+            act_t = jax.lax.cond(t >= 0, lambda: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False),
+                                 lambda: jnp.zeros(buf.shape[1:], buf.dtype))
+            # The cell state entering step t, read from the saved states rather than from
+            # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
+            # At each sequence's first step it is the initial state (see _previous).
+            before = jnp.clip(t + (1 if reverse else -1), 0, T - 1)
+            c_prev_t = jax.lax.dynamic_index_in_dim(cs, before, keepdims=False)
+            first = (t == T - 1 if lengths is None else t == lengths - 1) if reverse else t == 0
+            c_prev_t = jnp.where(jnp.reshape(first, (-1, 1)), carry0[1], c_prev_t)
+            new_dcarry, (dgx_t, _) = body(dcarry, ((act_t,), (None, c_prev_t)) + rest_t)
+            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, 0)), None
+
+        T, cs = dys.shape[0], rest[0]
+        (d_carry0, dgx), _ = jax.lax.scan(
+            body_ip, (d_carry, saved[0]), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
+            reverse=not reverse, unroll=unroll)
+        g_h = None
+    else:
+        d_carry0, (dgx, g_h) = jax.lax.scan(
+            body, d_carry, (saved, prev, new, dys, mask), reverse=not reverse, unroll=unroll
+        )
     H = cell.hidden_size
     if cell.kind == "gru":  # d(a_n) = d(gx_n) * r; the other gates share gx's cotangent
         da = jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
