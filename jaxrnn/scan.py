@@ -127,8 +127,11 @@ def unroll(
     lengths = check_seq_lengths(seq_lengths, batch_shape, T)
     state = cell.check_state(h, batch_shape)
     carry = flatten_state(cell, state)
-    carry, ys = run(cell, params, carry, xs_TNI, lengths, reverse=reverse, unroll=unroll, remat=remat,
-                    custom_vjp=custom_vjp)
+    # On the CPU, batch-major inputs go to the recurrence as they are, [N, T, I] (see run).
+    batch_major = not time_major and xs.ndim > 2 and jax.default_backend() == "cpu"
+    xs_in = xs.reshape((math.prod(batch_shape),) + xs.shape[-2:]) if batch_major else xs_TNI
+    carry, ys = run(cell, params, carry, xs_in, lengths, reverse=reverse, unroll=unroll, remat=remat,
+                    custom_vjp=custom_vjp, batch_major=batch_major)
     return unflatten_state(cell, carry, batch_shape), restore(ys)
 
 
@@ -190,21 +193,28 @@ def unflatten_state(cell: Cell, carry: tuple, batch_shape: tuple):
 
 
 def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array], *, reverse: bool = False,
-        unroll: Optional[int] = None, remat: Union[bool, int] = False, custom_vjp: bool = True):
-    """Unchecked core of :func:`unroll` on time-major, flattened arrays.
+        unroll: Optional[int] = None, remat: Union[bool, int] = False, custom_vjp: bool = True,
+        batch_major: bool = False):
+    """Unchecked core of :func:`unroll` on flattened arrays.
 
     Args:
-      carry: state as a tuple of ``[N, ·]`` arrays; ``xs_TNI``: ``[T, N, I]``;
-      lengths: ``[N]`` int32 or None.
+      carry: state as a tuple of ``[N, ·]`` arrays; ``xs_TNI``: ``[T, N, I]``, or
+        ``[N, T, I]`` with ``batch_major``; lengths: ``[N]`` int32 or None.
+      batch_major: ``xs_TNI`` is ``[N, T, I]``. The fused backward pass then keeps
+        ``xs`` itself for the input-weight gradient, instead of the time-major copy
+        made for the input projection, which would otherwise stay alive through the
+        backward loop alongside everything else it keeps (the custom VJP only).
 
     Returns:
-      ``(carry, ys_TNH)``.
+      ``(carry, ys_TNH)``, time-major.
     """
     unroll = default_unroll() if unroll is None else int(unroll)
     if unroll < 1:
         raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
-    T = xs_TNI.shape[0]
-    static = (cell, bool(reverse), unroll, bool(custom_vjp))
+    if batch_major and (remat or not custom_vjp or 0 in xs_TNI.shape[:2]):
+        xs_TNI, batch_major = jnp.swapaxes(xs_TNI, 0, 1), False
+    T = xs_TNI.shape[1] if batch_major else xs_TNI.shape[0]
+    static = (cell, bool(reverse), unroll, bool(custom_vjp), bool(batch_major))
     if T == 0:
         return carry, jnp.zeros((0, xs_TNI.shape[1], cell.output_size), carry[0].dtype)
     if not remat:
@@ -232,7 +242,7 @@ def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array
 
 
 def _layer(static, params, carry, xs_TNI, lengths):
-    cell, _, _, use_custom_vjp = static
+    cell, _, _, use_custom_vjp, _ = static
     b_x = cell.input_bias(params)
     w_hr = params.w_hr if cell.proj_size else None
     fn = _recurrence if use_custom_vjp else _recurrence_impl
@@ -246,13 +256,14 @@ def _seq_matmul(x_TNK, w, compute_dtype):
     T, N, K = x_TNK.shape
     y = jnp.dot(x_TNK.reshape(T * N, K).astype(compute_dtype), w.T.astype(compute_dtype),
                 preferred_element_type=jnp.float32)
-    return y.reshape(T, N, -1)
+    return y.reshape(T, N, w.shape[0])
 
 
 def _weight_grad(d_TNG, x_TNK, compute_dtype):
     """``sum_{t,n} d[t,n,:]^T x[t,n,:]`` as one 2-D matrix product, ``[G, K]``."""
     G, K = d_TNG.shape[-1], x_TNK.shape[-1]
-    return jnp.dot(d_TNG.reshape(-1, G).T.astype(compute_dtype), x_TNK.reshape(-1, K).astype(compute_dtype),
+    M = math.prod(d_TNG.shape[:-1])
+    return jnp.dot(d_TNG.reshape(M, G).T.astype(compute_dtype), x_TNK.reshape(M, K).astype(compute_dtype),
                    preferred_element_type=jnp.float32)
 
 
@@ -288,11 +299,11 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     in its reserve space) and, for LSTM, the cell state after every step. The hidden state
     entering each step is not stored: it is the previous output (see :func:`_previous`).
     """
-    cell, reverse, unroll, _ = static
+    cell, reverse, unroll, _, batch_major = static
     cd = cell.compute_dtype
-    T = xs.shape[0]
+    T = xs.shape[1] if batch_major else xs.shape[0]
     mask = _mask(lengths, T)
-    gx = _seq_matmul(xs, w_ih, cd)
+    gx = _seq_matmul(jnp.swapaxes(xs, 0, 1) if batch_major else xs, w_ih, cd)
 
     def step(carry, gx_t, m_t):
         a = _matmul(carry[0], w_hh, cd)
@@ -364,7 +375,7 @@ def _recurrence_fwd(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
 def _recurrence_bwd(static, res, cts):
     """The backward loop carries only the state cotangents and emits the per-step
     gate cotangents; the weight gradients are single matrix products afterwards."""
-    cell, reverse, unroll, _ = static
+    cell, reverse, unroll, _, batch_major = static
     xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, ys, saved, rest = res
     d_carry, dys, _ = cts
     cd = cell.compute_dtype
@@ -433,7 +444,17 @@ def _recurrence_bwd(static, res, cts):
     else:
         da = dgx
     dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
-    dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
+    if batch_major:
+        dxs = jnp.swapaxes(dxs, 0, 1)
+        # The time-major copy of xs for this product is made afresh here, inside a
+        # conditional (its predicate is always true: a float's bits or 1 are never 0),
+        # because XLA would otherwise merge it with the forward pass's identical copy
+        # and keep that alive through the backward loop.
+        bits = jax.lax.bitcast_convert_type(xs.ravel()[0].astype(jnp.float32), jnp.int32)
+        dw_ih = jax.lax.cond((bits | 1) != 0, lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd),
+                             lambda: jnp.zeros(w_ih.shape, jnp.float32)).astype(w_ih.dtype)
+    else:
+        dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
     db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
     dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
     db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)

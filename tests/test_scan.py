@@ -258,6 +258,20 @@ def test_empty_sequence(name, inputs):
         np.testing.assert_array_equal(got, init)
 
 
+@pytest.mark.parametrize("name", ["gru", "lstm", "lstm_proj"])
+@pytest.mark.parametrize("batch", [(0,), (2, 0)])
+def test_empty_batch(name, batch, inputs):
+    """A batch dimension of size 0 runs, and differentiates, to empty outputs and zero
+    gradients (it used to fail reshaping zero-sized arrays with -1)."""
+    cell, params, h0, xs = inputs(name, batch)
+    h, ys = jaxrnn.unroll(cell, params, h0, xs)
+    assert ys.shape == batch + (T, cell.output_size)
+    grads = jax.grad(lambda p, x: jnp.sum(jaxrnn.unroll(cell, p, None, x)[1]), argnums=(0, 1))(params, xs)
+    assert grads[1].shape == xs.shape
+    for g in jax.tree.leaves(grads[0]):
+        np.testing.assert_array_equal(g, np.zeros_like(g))
+
+
 def test_h_none_is_zero_state(inputs, assert_close):
     cell, params, _, xs = inputs("lstm_proj", (2,))
     run = jax.jit(lambda h: jaxrnn.unroll(cell, params, h, xs, reverse=True))
