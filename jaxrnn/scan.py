@@ -416,8 +416,9 @@ def _recurrence_bwd(static, res, cts):
             # Read act_t once, into a small array of its own. XLA fuses a plain slice into
             # each of its several readers, and then copies the whole buffer at every step
             # unless it can order all of them before the write; a conditional is a fusion
-            # boundary it keeps (the predicate is always true).
-            act_t = jax.lax.cond(t >= 0, lambda: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False),
+            # boundary it keeps. Its predicate is always true (t | 1 is never 0), in a form
+            # that XLA's range analysis of the loop index does not fold away.
+            act_t = jax.lax.cond((t | 1) != 0, lambda: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False),
                                  lambda: jnp.zeros(buf.shape[1:], buf.dtype))
             # The cell state entering step t, read from the saved states rather than from
             # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
