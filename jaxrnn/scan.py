@@ -273,6 +273,15 @@ def _mask(lengths, T):
     return (jnp.arange(T, dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, N, 1]
 
 
+def _apart(fn, witness: Array):
+    """``fn()``, computed inside a conditional: a boundary that XLA neither fuses across
+    nor merges with identical work outside it. The predicate, ``(witness | 1) != 0`` for
+    an int32 ``witness``, is always true, in a form that XLA's simplifier and its range
+    analysis of loop indices do not fold away (the other branch returns zeros)."""
+    return jax.lax.cond((witness | 1) != 0, fn,
+                        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn)))
+
+
 def _in_place(cell: Cell) -> bool:
     """Whether one ``[T, N, 4H]`` buffer serves three arrays in turn: the forward pass
     writes each step's saved gate activations over that step's input projection, which
@@ -410,16 +419,15 @@ def _recurrence_bwd(static, res, cts):
     if in_place:
         # Each step's gate cotangents overwrite its saved activations, which nothing
         # reads afterwards (see _in_place).
+        T, cs = dys.shape[0], rest[0]
+
         def body_ip(carry, inp):
             dcarry, buf = carry
             t, rest_t = inp[0], inp[1:]
             # Read act_t once, into a small array of its own. XLA fuses a plain slice into
             # each of its several readers, and then copies the whole buffer at every step
-            # unless it can order all of them before the write; a conditional is a fusion
-            # boundary it keeps. Its predicate is always true (t | 1 is never 0), in a form
-            # that XLA's range analysis of the loop index does not fold away.
-            act_t = jax.lax.cond((t | 1) != 0, lambda: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False),
-                                 lambda: jnp.zeros(buf.shape[1:], buf.dtype))
+            # unless it can order all of them before the write.
+            act_t = _apart(lambda: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False), t)
             # The cell state entering step t, read from the saved states rather than from
             # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
             # At each sequence's first step it is the initial state (see _previous).
@@ -430,7 +438,6 @@ def _recurrence_bwd(static, res, cts):
             new_dcarry, (dgx_t, _) = body(dcarry, ((act_t,), (None, c_prev_t)) + rest_t)
             return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, 0)), None
 
-        T, cs = dys.shape[0], rest[0]
         (d_carry0, dgx), _ = jax.lax.scan(
             body_ip, (d_carry, saved[0]), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
             reverse=not reverse, unroll=unroll)
@@ -447,13 +454,11 @@ def _recurrence_bwd(static, res, cts):
     dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
     if batch_major:
         dxs = jnp.swapaxes(dxs, 0, 1)
-        # The time-major copy of xs for this product is made afresh here, inside a
-        # conditional (its predicate is always true: a float's bits or 1 are never 0),
-        # because XLA would otherwise merge it with the forward pass's identical copy
-        # and keep that alive through the backward loop.
+        # The time-major copy of xs for this product is made afresh here, apart, because
+        # XLA would otherwise merge it with the forward pass's identical copy and keep
+        # that alive through the backward loop.
         bits = jax.lax.bitcast_convert_type(xs.ravel()[0].astype(jnp.float32), jnp.int32)
-        dw_ih = jax.lax.cond((bits | 1) != 0, lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd),
-                             lambda: jnp.zeros(w_ih.shape, jnp.float32)).astype(w_ih.dtype)
+        dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd), bits).astype(w_ih.dtype)
     else:
         dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
     db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
