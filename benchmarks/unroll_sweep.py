@@ -7,7 +7,8 @@ process (medians), and prints for each unroll the geometric mean over cases of i
 relative to ``unroll=1``. The smallest unroll whose fwd+bwd geometric mean is within 3%
 of the fastest is the measured choice for :func:`jaxrnn.default_unroll` on this
 backend. With torch installed, ``torch.nn``
-(cuDNN on a GPU, oneDNN on the CPU) is timed in the same rounds for scale.
+(cuDNN on a GPU, oneDNN on the CPU; ``peers.make_torch``) is timed in the same rounds
+for scale.
 
 Usage::
 
@@ -33,21 +34,9 @@ import jaxrnn
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import device_info, device_slug, print_table, write_json  # noqa: E402
 
+from peers import DEFAULT_SHAPES, make_torch, parse_shapes  # noqa: E402
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-DEFAULT_SHAPES = {
-    "cpu": "32x128x256x256,1x1000x128x128",
-    "gpu": "64x512x512x512,16x256x256x256,1x1000x128x128",
-}
-
-
-def parse_shapes(text):
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        parts = item.lower().split("x")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"`--shapes` entries must look like BxTxIxH with positive ints; got {item!r}.")
-        out.append(tuple(map(int, parts)))
-    return out
 
 
 #: Geometric means within this fraction of the fastest count as a tie, which goes to the
@@ -83,28 +72,6 @@ def jaxrnn_fns(kind, params, xs, unroll):
     grad = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(forward(p, x))), argnums=(0, 1)))
     return {"fwd": lambda: jax.block_until_ready(fwd(params, xs)),
             "fwd+bwd": lambda: jax.block_until_ready(grad(params, xs))}
-
-
-def torch_fns(kind, module, xs_np):
-    import torch
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    m = module.to(dev)
-    x = torch.from_numpy(xs_np).to(dev)
-    xg = x.clone().requires_grad_(True)
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-
-    def fwd():
-        with torch.no_grad():
-            m(x)
-        sync()
-
-    def fwdbwd():
-        out, _ = m(xg)
-        torch.autograd.grad(out.square().mean(), [xg] + list(m.parameters()))
-        sync()
-
-    return {"fwd": fwd, "fwd+bwd": fwdbwd}
 
 
 def main(argv=None):
@@ -157,7 +124,8 @@ def main(argv=None):
             xs = jnp.asarray(xs_np)
             impls = {f"unroll={u}": jaxrnn_fns(kind, params, xs, u) for u in unrolls}
             if use_torch:
-                impls["torch"] = torch_fns(kind, module, xs_np)
+                impls["torch"] = make_torch(kind, module, xs_np, False,
+                                            "cuda" if torch.cuda.is_available() else "cpu").fns
             first = {}
             for name, fns in impls.items():
                 for mode, fn in fns.items():

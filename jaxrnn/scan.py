@@ -127,8 +127,8 @@ def unroll(
     lengths = check_seq_lengths(seq_lengths, batch_shape, T)
     state = cell.check_state(h, batch_shape)
     carry = flatten_state(cell, state)
-    # On the CPU, batch-major inputs go to the recurrence as they are, [N, T, I] (see run).
-    batch_major = not time_major and xs.ndim > 2 and jax.default_backend() == "cpu"
+    # Batch-major inputs are handed over as they are, [N, T, I]; run decides (see there).
+    batch_major = not time_major and xs.ndim > 2
     xs_in = xs.reshape((math.prod(batch_shape),) + xs.shape[-2:]) if batch_major else xs_TNI
     carry, ys = run(cell, params, carry, xs_in, lengths, reverse=reverse, unroll=unroll, remat=remat,
                     custom_vjp=custom_vjp, batch_major=batch_major)
@@ -200,10 +200,12 @@ def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array
     Args:
       carry: state as a tuple of ``[N, ·]`` arrays; ``xs_TNI``: ``[T, N, I]``, or
         ``[N, T, I]`` with ``batch_major``; lengths: ``[N]`` int32 or None.
-      batch_major: ``xs_TNI`` is ``[N, T, I]``. The fused backward pass then keeps
+      batch_major: ``xs_TNI`` is ``[N, T, I]``. On the CPU, with the custom VJP and
+        no remat, the recurrence then reads it as it is: its backward pass keeps
         ``xs`` itself for the input-weight gradient, instead of the time-major copy
         made for the input projection, which would otherwise stay alive through the
-        backward loop alongside everything else it keeps (the custom VJP only).
+        backward loop alongside everything else it keeps. Otherwise it is made
+        time-major here.
 
     Returns:
       ``(carry, ys_TNH)``, time-major.
@@ -211,7 +213,7 @@ def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array
     unroll = default_unroll() if unroll is None else int(unroll)
     if unroll < 1:
         raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
-    if batch_major and (remat or not custom_vjp or 0 in xs_TNI.shape[:2]):
+    if batch_major and (remat or not custom_vjp or 0 in xs_TNI.shape[:2] or jax.default_backend() != "cpu"):
         xs_TNI, batch_major = jnp.swapaxes(xs_TNI, 0, 1), False
     T = xs_TNI.shape[1] if batch_major else xs_TNI.shape[0]
     static = (cell, bool(reverse), unroll, bool(custom_vjp), bool(batch_major))
