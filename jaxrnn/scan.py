@@ -204,8 +204,9 @@ def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array
         no remat, the recurrence then reads it as it is: its backward pass keeps
         ``xs`` itself for the input-weight gradient, instead of the time-major copy
         made for the input projection, which would otherwise stay alive through the
-        backward loop alongside everything else it keeps. Otherwise it is made
-        time-major here.
+        backward loop alongside everything else it keeps; the LSTM's fwd+bwd makes
+        no time-major copy at all (see :func:`_batch_major_buffer`). Otherwise it is
+        made time-major here.
 
     Returns:
       ``(carry, ys_TNH)``, time-major.
@@ -285,7 +286,8 @@ def _apart(fn, witness: Array):
 
 
 def _in_place(cell: Cell) -> bool:
-    """Whether one ``[T, N, 4H]`` buffer serves three arrays in turn: the forward pass
+    """Whether one ``[T, N, 4H]`` buffer (``[N, T, 4H]``, see :func:`_batch_major_buffer`)
+    serves three arrays in turn: the forward pass
     writes each step's saved gate activations over that step's input projection, which
     it no longer needs, and the backward pass writes each step's gate cotangents over
     that step's activations. Each saves a fresh ``[T, N, 4H]`` buffer per call, whose
@@ -298,6 +300,15 @@ def _in_place(cell: Cell) -> bool:
     rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256 H256), and
     it is unmeasured on TPUs."""
     return cell.is_lstm and jax.default_backend() == "cpu"
+
+
+def _batch_major_buffer(cell: Cell, batch_major: bool, w_hr) -> bool:
+    """Whether the in-place buffer (see :func:`_in_place`) is ``[N, T, 4H]``: with
+    batch-major inputs, the input projection is then made from ``xs`` as it is, and
+    the backward pass's ``dxs`` and ``dW_ih`` come from the gate cotangents in that
+    layout too, so ``xs`` is never copied into time-major order and ``dxs`` never out
+    of it. (Not with a projection, whose backward reads the activations after the loop.)"""
+    return batch_major and w_hr is None and _in_place(cell)
 
 
 def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, *, save=False):
@@ -314,10 +325,17 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     cd = cell.compute_dtype
     T = xs.shape[1] if batch_major else xs.shape[0]
     mask = _mask(lengths, T)
-    gx = _seq_matmul(jnp.swapaxes(xs, 0, 1) if batch_major else xs, w_ih, cd)
+    bm_buf = save and _batch_major_buffer(cell, batch_major, w_hr)
+    gx = _seq_matmul(xs if bm_buf else jnp.swapaxes(xs, 0, 1) if batch_major else xs, w_ih, cd)
+    axis = 1 if bm_buf else 0  # the time axis of gx
+    # On the CPU, h @ w_hh.T is a product with w_hh.T materialised once, outside the loop:
+    # XLA:CPU's in-loop product with the transposed operand was slower (fwd+bwd B32 T128
+    # H256, A/B in one process: 0.98x the time for LSTM and GRU; B1 unchanged). Elsewhere
+    # (unmeasured) the product reads w_hh as it is.
+    w_hh_t = w_hh.T if jax.default_backend() == "cpu" else None
 
     def step(carry, gx_t, m_t):
-        a = _matmul(carry[0], w_hh, cd)
+        a = _matmul(carry[0], w_hh, cd) if w_hh_t is None else _matmul_untransposed(carry[0], w_hh_t, cd)
         if b_rec is not None:
             a = a + b_rec.astype(jnp.float32)
         if b_x is not None:
@@ -340,8 +358,8 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         def body(carry, inp):
             state, buf = carry
             t, m_t = inp
-            new, y, (act,) = step(state, jax.lax.dynamic_index_in_dim(buf, t, keepdims=False), m_t)
-            return (new, jax.lax.dynamic_update_index_in_dim(buf, act, t, 0)), (y,) + tuple(new[1:])
+            new, y, (act,) = step(state, jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), m_t)
+            return (new, jax.lax.dynamic_update_index_in_dim(buf, act, t, axis)), (y,) + tuple(new[1:])
 
         (carry, acts), outs = jax.lax.scan(body, (carry0, gx), (jnp.arange(T, dtype=jnp.int32), mask),
                                            reverse=reverse, unroll=unroll)
@@ -393,6 +411,8 @@ def _recurrence_bwd(static, res, cts):
     mask = _mask(lengths, dys.shape[0])
     h_prev = _previous(ys, carry0[0], lengths, reverse)
     in_place = _in_place(cell) and w_hr is None  # (with a projection, the activations are read after the loop)
+    bm_buf = _batch_major_buffer(cell, batch_major, w_hr)  # saved[0] (and so dgx) is [N, T, 4H]
+    axis = 1 if bm_buf else 0
     prev = None if in_place else (
         (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:])))
     # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
@@ -429,7 +449,7 @@ def _recurrence_bwd(static, res, cts):
             # Read act_t once, into a small array of its own. XLA fuses a plain slice into
             # each of its several readers, and then copies the whole buffer at every step
             # unless it can order all of them before the write.
-            act_t = _apart(lambda: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False), t)
+            act_t = _apart(lambda: jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), t)
             # The cell state entering step t, read from the saved states rather than from
             # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
             # At each sequence's first step it is the initial state (see _previous).
@@ -438,7 +458,7 @@ def _recurrence_bwd(static, res, cts):
             first = (t == T - 1 if lengths is None else t == lengths - 1) if reverse else t == 0
             c_prev_t = jnp.where(jnp.reshape(first, (-1, 1)), carry0[1], c_prev_t)
             new_dcarry, (dgx_t, _) = body(dcarry, ((act_t,), (None, c_prev_t)) + rest_t)
-            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, 0)), None
+            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis)), None
 
         (d_carry0, dgx), _ = jax.lax.scan(
             body_ip, (d_carry, saved[0]), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
@@ -454,7 +474,10 @@ def _recurrence_bwd(static, res, cts):
     else:
         da = dgx
     dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
-    if batch_major:
+    if bm_buf:  # dgx, xs and dxs are all [N, T, ·]; h_prev is time-major
+        dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
+        h_prev = jnp.swapaxes(h_prev, 0, 1)
+    elif batch_major:
         dxs = jnp.swapaxes(dxs, 0, 1)
         # The time-major copy of xs for this product is made afresh here, apart, because
         # XLA would otherwise merge it with the forward pass's identical copy and keep

@@ -289,22 +289,48 @@ def _loop_body_copies(hlo_text: str, shape: str) -> int:
     return count
 
 
+def _rearrangements_of(hlo_text: str, shape: str) -> list:
+    """The instructions of an optimised HLO module that copy or transpose (possibly
+    fused) a parameter of ``shape``, or a bitcast of one: what moving it into another
+    order takes."""
+    names = set(re.findall(r"%([\w.\-]+) = " + re.escape(shape) + r"\{[\d,]*\} parameter\(", hlo_text))
+    names |= {b for b, src in re.findall(r"%([\w.\-]+) = \S+ bitcast\(%([\w.\-]+)\)", hlo_text) if src in names}
+    found = []
+    for line in hlo_text.splitlines():
+        m = re.search(r"= \S+ (copy|transpose|fusion)\(([^)]*)\)", line)
+        if m and (m.group(1) != "fusion" or "kind=kLoop" in line):
+            if {a.strip().lstrip("%") for a in m.group(2).split(",")} & names:
+                found.append(line.strip()[:120])
+    return found
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the in-place LSTM passes are CPU-only")
 @pytest.mark.parametrize("B, T", [(1, 40), (4, 12), (32, 8)])
 def test_lstm_gradient_updates_its_buffer_in_place(B, T, key):
-    """On the CPU the LSTM gradient reuses one [T, B, 4H] buffer in place. If XLA ever
-    had to copy it inside a loop, every step would copy the whole buffer (7x slower at
-    B=1 in one variant tried): this guards the structure of the compiled program."""
+    """On the CPU the LSTM gradient reuses one [T, B, 4H] buffer ([B, T, 4H] for
+    batch-major inputs) in place. If XLA ever had to copy it inside a loop, every step
+    would copy the whole buffer (7x slower at B=1 in one variant tried): this guards the
+    structure of the compiled program. Batch-major inputs are never copied into
+    time-major order, nor their gradient out of it."""
     H, I = 16, 8
     cell = jaxrnn.lstm(H)
     params = cell.init(key, I)
-    xs = jnp.ones((B, T, I))
-    for lengths in (None, jnp.full((B,), T // 2)):
-        for reverse in (False, True):
-            loss = lambda p: jnp.sum(jaxrnn.unroll(cell, p, None, xs, seq_lengths=lengths, reverse=reverse)[1] ** 2)
-            text = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-            assert len(re.findall(r"\bwhile\(", text)) >= 2  # the forward and the backward loop
-            assert _loop_body_copies(text, f"f32[{T},{B},{4 * H}]") == 0, (lengths, reverse)
+    for time_major in (False, True):
+        xs = jnp.ones((T, B, I) if time_major else (B, T, I))
+        buffer = f"f32[{T},{B},{4 * H}]" if time_major else f"f32[{B},{T},{4 * H}]"
+        for lengths in (None, jnp.full((B,), T // 2)):
+            for reverse in (False, True):
+                def loss(p, xs):
+                    ys = jaxrnn.unroll(cell, p, None, xs, seq_lengths=lengths, reverse=reverse, time_major=time_major)[1]
+                    return jnp.sum(ys**2)
+
+                text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile().as_text()
+                label = (time_major, lengths, reverse)
+                assert len(re.findall(r"\bwhile\(", text)) >= 2  # the forward and the backward loop
+                assert buffer + "{" in text, label  # the buffer is there (so the next check means something)
+                assert _loop_body_copies(text, buffer) == 0, label
+                if not time_major and B > 1:
+                    assert _rearrangements_of(text, f"f32[{B},{T},{I}]") == [], label
 
 
 def test_h_none_is_zero_state(inputs, assert_close):
