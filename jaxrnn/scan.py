@@ -444,7 +444,7 @@ def _recurrence_bwd(static, res, cts):
         T, cs = dys.shape[0], rest[0]
 
         def body_ip(carry, inp):
-            dcarry, buf = carry
+            dcarry, buf, db = carry
             t, rest_t = inp[0], inp[1:]
             # Read act_t once, into a small array of its own. XLA fuses a plain slice into
             # each of its several readers, and then copies the whole buffer at every step
@@ -458,10 +458,13 @@ def _recurrence_bwd(static, res, cts):
             first = (t == T - 1 if lengths is None else t == lengths - 1) if reverse else t == 0
             c_prev_t = jnp.where(jnp.reshape(first, (-1, 1)), carry0[1], c_prev_t)
             new_dcarry, (dgx_t, _) = body(dcarry, ((act_t,), (None, c_prev_t)) + rest_t)
-            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis)), None
+            if db is not None:
+                db = db + dgx_t.sum(0)
+            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis), db), None
 
-        (d_carry0, dgx), _ = jax.lax.scan(
-            body_ip, (d_carry, saved[0]), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
+        db0 = None if b_x is None else jnp.zeros(saved[0].shape[-1:], jnp.float32)
+        (d_carry0, dgx, db_acc), _ = jax.lax.scan(
+            body_ip, (d_carry, saved[0], db0), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
             reverse=not reverse, unroll=unroll)
         g_h = None
     else:
@@ -486,7 +489,10 @@ def _recurrence_bwd(static, res, cts):
         dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd), bits).astype(w_ih.dtype)
     else:
         dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
-    db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
+    if in_place:
+        db_x = None if b_x is None else db_acc.astype(b_x.dtype)
+    else:
+        db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
     dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
     db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
