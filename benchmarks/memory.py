@@ -21,12 +21,13 @@ where the bytes go: ``I`` floats per step is a copy of the inputs, ``H`` a stack
 of the previous step, the outputs).
 
 What it found (jax 0.10.2, XLA:CPU, read from XLA's buffer assignment): without remat
-the gradient keeps ~10H floats per step per sequence at B=1: one ``[T, 4H]`` buffer
+the gradient keeps ~8H floats per step per sequence at B=1: one ``[T, 4H]`` buffer
 that holds in turn the hoisted input projection, the saved gate activations and the
 backward's gate gradients (on the CPU the LSTM writes each over the last, in place),
 and ``[T, H]`` buffers: the saved ``h`` and ``c`` of every step, the outputs'
 cotangent and the shifted ``h`` of the weight-gradient product. (Before the in-place
-passes it was ~19H: three separate ``[T, 4H]`` buffers.) With remat, many-to-one keeps
+passes it was ~19H: three separate ``[T, 4H]`` buffers; before that buffer stayed
+batch-major for batch-major inputs, ~10H, with a copy of it among XLA's buffers.) With remat, many-to-one keeps
 only chunk-sized buffers plus one ``[T, B, I]`` copy of the inputs (the time-major,
 chunked ``xs`` that the outer scan iterates over), so ``temp`` grows like ``sqrt(T)``
 plus ``I`` floats per step; many-to-many also keeps the stacked outputs ``ys`` and their
