@@ -156,6 +156,43 @@ def test_gradients_match_python_loop(name, variants, inputs, normal, assert_clos
                 assert_close(dh0[1], 3.0 * jnp.cos(3.0 * h[1]))
 
 
+@pytest.mark.parametrize("name", CELLS)
+def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, assert_close):
+    """The forward loop's product in column blocks (on two CPU cores, see
+    jaxrnn.scan._column_blocks), forced here on small sizes with uneven blocks: outputs,
+    final state and gradients equal the Python loop's, with ragged lengths, both ways."""
+    from jaxrnn import scan
+
+    monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
+    monkeypatch.setattr(scan, "_BLOCK_ELEMENTS", 3 * H)  # blocks of 3 columns
+    cell, params, h0, xs = inputs(name, (3,))
+    w_hh_t = params.w_hh.T
+    blocks = scan._column_blocks(w_hh_t, 3)
+    assert blocks is not None and len(blocks) > 1
+    np.testing.assert_array_equal(jnp.concatenate(blocks, axis=1), w_hh_t)
+    lengths = jnp.array([T, 0, 3])
+    w_ys = normal(xs.shape[:-1] + (cell.output_size,), seed=7)
+    for reverse in (False, True):
+        def loss(run, params, h0, xs):
+            return _loss(run, cell, params, h0, xs, lengths, w_ys, reverse=reverse)
+
+        ref = jax.value_and_grad(functools.partial(loss, python_unroll), argnums=(0, 1, 2))(params, h0, xs)
+        got = jax.jit(jax.value_and_grad(functools.partial(loss, jaxrnn.unroll), argnums=(0, 1, 2)))(params, h0, xs)
+        assert_close(got, ref, err_msg=f"reverse={reverse}")
+
+
+def test_column_blocks_only_for_small_products_on_two_cores(monkeypatch):
+    from jaxrnn import scan
+
+    w = jnp.zeros((256, 1024))
+    monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
+    assert [b.shape for b in scan._column_blocks(w, 32)] == [(256, 256)] * 4
+    assert scan._column_blocks(jnp.zeros((128, 512)), 1) is None  # one block's worth already
+    assert scan._column_blocks(jnp.zeros((512, 2048)), 64) is None  # 134 MFLOP a step: left whole
+    monkeypatch.setattr(scan, "_cpu_cores", lambda: 4)
+    assert scan._column_blocks(w, 32) is None
+
+
 # Numerical gradients in float32: eps=1e-2 and tolerances of 1e-2 are the standard
 # setting (central differences are O(eps^2) accurate for these smooth losses). The loop
 # reference is plain autodiff; numerical checks of the fast paths on the distinct
