@@ -56,7 +56,7 @@ def default_unroll(backend: Optional[str] = None) -> int:
     * on an H100, 8: 0.585x the time of unroll 1 (16: 0.587x, 32: 0.601x), over
       B64 T512 H512, B16 T256 H256 and B1 T1000 H128. A loop iteration costs a few
       microseconds there, which unrolling amortises;
-    * on a 2-core CPU, 1: unroll 2 and 4 were within 1%, 8 was 1.09x and 32 1.35x,
+    * on a 2-core CPU, 1: unroll 2 was 1.04x, 4 1.09x, 8 1.15x and 32 1.47x the time,
       over B32 T128 H256 and B1 T1000 H128. A loop iteration costs ~0.06 µs there,
       and unrolling only grows the program.
 
