@@ -291,9 +291,8 @@ def _in_place(cell: Cell) -> bool:
     serves three arrays in turn: the forward pass
     writes each step's saved gate activations over that step's input projection, which
     it no longer needs, and the backward pass writes each step's gate cotangents over
-    that step's activations. Each saves a fresh ``[T, N, 4H]`` buffer per call, whose
-    zero-fill and first-touch page faults cost more on the CPU than the writes
-    themselves. LSTM fwd+bwd on 2 CPU cores, A/B medians in one process: the forward
+    that step's activations. Each saves a fresh ``[T, N, 4H]`` buffer per call, which
+    on the CPU cost more than the writes themselves. LSTM fwd+bwd on 2 CPU cores, A/B medians in one process: the forward
     took B32 T128 H256 from 123 to 118 ms; the backward (with the cell state entering
     each step read in the loop, not from a shifted copy) then took it from 110-112 to
     101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms. CPU only: on an H100 the
@@ -333,9 +332,9 @@ def _column_blocks(w_t: Array, n: int):
     the gate arithmetic between two products, has to be woken up again at every step:
     a fwd+bwd call then spends 6-9 ms in the kernel (``futex``), and the calling thread
     waits ~48 µs a step for the other. Products on blocks of at most 64K weight elements
-    stay on the calling thread. LSTM fwd+bwd on 2 cores, A/B in one process: 0.90-0.94x
-    the time at B32 T128 H256, 0.92-0.93x at B8; GRU 0.94-0.96x at B8, 0.99-1.03x at
-    B32. Not for larger products (B64 T64 H512, 134 MFLOP a step, took 1.12x the time in
+    stay on the calling thread. LSTM fwd+bwd on 2 cores, A/B in one process: 0.90-0.95x
+    the time at B32 T128 H256, 0.92-0.95x at B8; GRU 0.94-0.96x at B8, 0.93x at B16,
+    0.99-1.03x at B32. Not for larger products (B64 T64 H512, 134 MFLOP a step, took 1.12x the time in
     16 blocks), nor on more cores (unmeasured), nor where the weight is one block
     already (B1 T1000 H128: 1.04-1.07x the time in 4 blocks).
     """
@@ -368,7 +367,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     # H256, A/B in one process: 0.98x the time for LSTM and GRU; B1 unchanged). Elsewhere
     # (unmeasured) the product reads w_hh as it is.
     w_hh_t = w_hh.T if jax.default_backend() == "cpu" else None
-    blocks = _column_blocks(w_hh_t, xs.shape[0 if batch_major else 1]) if w_hh_t is not None else None
+    blocks = None if w_hh_t is None else _column_blocks(w_hh_t, carry0[0].shape[0])
 
     def recurrent(h):
         if w_hh_t is None:
@@ -520,22 +519,18 @@ def _recurrence_bwd(static, res, cts):
     else:
         da = dgx
     dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
-    if bm_buf:  # dgx, xs and dxs are all [N, T, ·]; h_prev is time-major
-        dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
-        h_prev = jnp.swapaxes(h_prev, 0, 1)
-    elif batch_major:
+    if batch_major and not bm_buf:  # dgx is time-major, xs batch-major
         dxs = jnp.swapaxes(dxs, 0, 1)
         # The time-major copy of xs for this product is made afresh here, apart, because
         # XLA would otherwise merge it with the forward pass's identical copy and keep
         # that alive through the backward loop.
         bits = jax.lax.bitcast_convert_type(xs.ravel()[0].astype(jnp.float32), jnp.int32)
         dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd), bits).astype(w_ih.dtype)
-    else:
+    else:  # dgx, xs and dxs in the same layout
         dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
-    if in_place:
-        db_x = None if b_x is None else db_acc.astype(b_x.dtype)
-    else:
-        db_x = None if b_x is None else dgx.sum((0, 1)).astype(b_x.dtype)
+    if bm_buf:  # h_prev is time-major, da batch-major
+        h_prev = jnp.swapaxes(h_prev, 0, 1)
+    db_x = None if b_x is None else (db_acc if in_place else dgx.sum((0, 1))).astype(b_x.dtype)
     dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
     db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
