@@ -311,9 +311,9 @@ def _batch_major_buffer(cell: Cell, batch_major: bool, w_hr) -> bool:
     return batch_major and w_hr is None and _in_place(cell)
 
 
-# The in-loop product h @ w_hh.T on few CPU cores (see _column_blocks).
+# The in-loop products on few CPU cores (see _column_blocks).
 _BLOCK_ELEMENTS = 1 << 16
-_BLOCK_MAX_FLOPS = 32e6
+_BLOCK_MAX_FLOPS = {"forward": 32e6, "backward": 1e7}
 
 
 def _cpu_cores() -> int:
@@ -323,26 +323,43 @@ def _cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _column_blocks(w_t: Array, n: int):
-    """Column blocks of ``w_t = w_hh.T`` (``[K, G*H]``) for the forward loop's product, or
-    None to leave it whole.
+def _column_blocks(w: Array, n: int, loop: str):
+    """Column blocks of the weight ``w`` (``[K, M]``) of a loop's per-step product
+    ``[n, K] x [K, M]``, or None to leave the product whole: ``w_hh.T`` in the forward
+    loop, ``w_hh`` in the backward loop.
 
     On a CPU with at most two cores, XLA:CPU splits a small product such as
     ``[32, 256] x [256, 1024]`` between its two threads, and the second thread, idle during
     the gate arithmetic between two products, has to be woken up again at every step:
     a fwd+bwd call then spends 6-9 ms in the kernel (``futex``), and the calling thread
     waits ~48 µs a step for the other. Products on blocks of at most 64K weight elements
-    stay on the calling thread. LSTM fwd+bwd on 2 cores, A/B in one process: 0.90-0.95x
-    the time at B32 T128 H256, 0.92-0.95x at B8; GRU 0.94-0.96x at B8, 0.93x at B16,
-    0.99-1.03x at B32. Not for larger products (B64 T64 H512, 134 MFLOP a step, took 1.12x the time in
-    16 blocks), nor on more cores (unmeasured), nor where the weight is one block
-    already (B1 T1000 H128: 1.04-1.07x the time in 4 blocks).
+    (equal widths) stay on the calling thread. Fwd+bwd on 2 cores, T128 I=H=256, A/B in
+    one process:
+
+    * forward loop: LSTM 0.90-0.95x the time at B32, 0.92-0.95x at B8; GRU 0.94-0.96x
+      at B8, 0.93x at B16, 0.99-1.03x at B32. Not for larger products (B64 T64 H512,
+      134 MFLOP a step, took 1.12x the time in 16 blocks);
+    * backward loop (``[n, G*H] x [G*H, H]``, narrower blocks), measured on top of the
+      forward's: LSTM 0.80x the time at B4, 0.90-0.92x at B8, 0.89-0.91x at B16, but
+      1.02x at B32; GRU 0.91-0.92x, 0.99-1.0x, 0.94-0.95x, and 1.06x at B32 (B4 T64
+      I=H=512: LSTM 0.90x, GRU 0.99x). So only up to 10 MFLOP a step: B32 is left whole.
+
+    Not on more cores (unmeasured), nor where the weight is one block already (B1 T1000
+    H128: 1.04-1.07x the time in 4 blocks).
     """
-    K, GH = w_t.shape
-    if _cpu_cores() > 2 or K * GH <= _BLOCK_ELEMENTS or 2 * n * K * GH > _BLOCK_MAX_FLOPS:
+    K, M = w.shape
+    if _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS or 2 * n * K * M > _BLOCK_MAX_FLOPS[loop]:
         return None
-    width = max(1, _BLOCK_ELEMENTS // K)
-    return tuple(w_t[:, i:i + width] for i in range(0, GH, width))
+    count = -(-K * M // _BLOCK_ELEMENTS)
+    width = -(-M // count)
+    return tuple(w[:, i:i + width] for i in range(0, M, width))
+
+
+def _blocked_matmul(x: Array, w: Array, blocks, compute_dtype) -> Array:
+    """``x @ w`` (``w`` as it is, ``[K, M]``), by the column ``blocks`` of ``w`` if any."""
+    if blocks is None:
+        return _matmul_untransposed(x, w, compute_dtype)
+    return jnp.concatenate([_matmul_untransposed(x, b, compute_dtype) for b in blocks], axis=-1)
 
 
 def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, *, save=False):
@@ -367,14 +384,12 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     # H256, A/B in one process: 0.98x the time for LSTM and GRU; B1 unchanged). Elsewhere
     # (unmeasured) the product reads w_hh as it is.
     w_hh_t = w_hh.T if jax.default_backend() == "cpu" else None
-    blocks = None if w_hh_t is None else _column_blocks(w_hh_t, carry0[0].shape[0])
+    blocks = None if w_hh_t is None else _column_blocks(w_hh_t, carry0[0].shape[0], "forward")
 
     def recurrent(h):
         if w_hh_t is None:
             return _matmul(h, w_hh, cd)
-        if blocks is None:
-            return _matmul_untransposed(h, w_hh_t, cd)
-        return jnp.concatenate([_matmul_untransposed(h, b, cd) for b in blocks], axis=-1)
+        return _blocked_matmul(h, w_hh_t, blocks, cd)
 
     def step(carry, gx_t, m_t):
         a = recurrent(carry[0])
@@ -459,6 +474,7 @@ def _recurrence_bwd(static, res, cts):
         (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:])))
     # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
     new = (ys if cell.kind.startswith("rnn") else None,) + tuple(rest)
+    blocks = _column_blocks(w_hh, carry0[0].shape[0], "backward") if jax.default_backend() == "cpu" else None
 
     def body(dcarry, inp):
         saved_t, prev_t, new_t, dy_t, m_t = inp
@@ -469,7 +485,7 @@ def _recurrence_bwd(static, res, cts):
             g_rest = tuple(jnp.where(m_t, d, 0.0) for d in g_rest)
         g_r = g_h if w_hr is None else _matmul_untransposed(g_h, w_hr, cd)
         dgx_t, da_t, dprev = cell.pointwise_bwd(saved_t, prev_t, new_t, (g_r,) + g_rest)
-        dh_prev = _matmul_untransposed(da_t, w_hh, cd)
+        dh_prev = _blocked_matmul(da_t, w_hh, blocks, cd)
         if dprev[0] is not None:
             dh_prev = dh_prev + dprev[0]
         drest_prev = tuple(dprev[1:])

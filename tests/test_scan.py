@@ -158,18 +158,21 @@ def test_gradients_match_python_loop(name, variants, inputs, normal, assert_clos
 
 @pytest.mark.parametrize("name", CELLS)
 def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, assert_close):
-    """The forward loop's product in column blocks (on two CPU cores, see
+    """The forward and backward loops' products in column blocks (on two CPU cores, see
     jaxrnn.scan._column_blocks), forced here on small sizes with uneven blocks: outputs,
     final state and gradients equal the Python loop's, with ragged lengths, both ways."""
     from jaxrnn import scan
 
     monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
-    monkeypatch.setattr(scan, "_BLOCK_ELEMENTS", 3 * H)  # blocks of 3 columns
-    cell, params, h0, xs = inputs(name, (3,))
-    w_hh_t = params.w_hh.T
-    blocks = scan._column_blocks(w_hh_t, 3)
-    assert blocks is not None and len(blocks) > 1
-    np.testing.assert_array_equal(jnp.concatenate(blocks, axis=1), w_hh_t)
+    cell, params, h0, xs = inputs(name, (3,), H=5)
+    monkeypatch.setattr(scan, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)  # about three blocks
+    widths = []
+    for w, loop in ((params.w_hh.T, "forward"), (params.w_hh, "backward")):
+        blocks = scan._column_blocks(w, 3, loop)
+        assert blocks is not None and len(blocks) > 1, loop
+        np.testing.assert_array_equal(jnp.concatenate(blocks, axis=1), w)
+        widths.append({b.shape[1] for b in blocks})
+    assert max(len(w) for w in widths) > 1, widths  # uneven blocks in at least one loop
     lengths = jnp.array([T, 0, 3])
     w_ys = normal(xs.shape[:-1] + (cell.output_size,), seed=7)
     for reverse in (False, True):
@@ -184,13 +187,18 @@ def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, asse
 def test_column_blocks_only_for_small_products_on_two_cores(monkeypatch):
     from jaxrnn import scan
 
-    w = jnp.zeros((256, 1024))
+    w = jnp.zeros((256, 1024))  # LSTM H256: w_hh.T; w_hh is its transpose
     monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
-    assert [b.shape for b in scan._column_blocks(w, 32)] == [(256, 256)] * 4
-    assert scan._column_blocks(jnp.zeros((128, 512)), 1) is None  # one block's worth already
-    assert scan._column_blocks(jnp.zeros((512, 2048)), 64) is None  # 134 MFLOP a step: left whole
+    assert [b.shape for b in scan._column_blocks(w, 32, "forward")] == [(256, 256)] * 4
+    assert scan._column_blocks(w.T, 32, "backward") is None  # 16.8 MFLOP a step: left whole
+    assert [b.shape for b in scan._column_blocks(w.T, 16, "backward")] == [(1024, 64)] * 4
+    gru = jnp.zeros((768, 256))  # GRU H256: w_hh, in three equal-as-can-be blocks
+    assert [b.shape for b in scan._column_blocks(gru, 16, "backward")] == [(768, 86)] * 2 + [(768, 84)]
+    assert scan._column_blocks(jnp.zeros((128, 512)), 1, "forward") is None  # one block's worth already
+    assert scan._column_blocks(jnp.zeros((512, 2048)), 64, "forward") is None  # 134 MFLOP a step
     monkeypatch.setattr(scan, "_cpu_cores", lambda: 4)
-    assert scan._column_blocks(w, 32) is None
+    assert scan._column_blocks(w, 32, "forward") is None
+    assert scan._column_blocks(w.T, 4, "backward") is None
 
 
 # Numerical gradients in float32: eps=1e-2 and tolerances of 1e-2 are the standard
