@@ -5,7 +5,10 @@ large (parameter gradients of relu RNNs reach ~100, where one float32 ulp is 7.6
 1e-5 is about one ulp and the two libraries' different summation orders alone can
 exceed it. This script says which side is off: for every key of every configuration it
 prints, where jaxrnn and torch differ by more than 1e-5, the error of each float32 result
-against torch's float64 result, in ulps of the value, and the largest errors overall. Not a test (run it by hand; it needs torch)::
+against torch's float64 result, in ulps of the value, and the largest errors overall.
+It also runs torch against itself, the batch of each configuration permuted (same
+sequences, same weights, another order of summation), under the same 1e-5 bound, for
+five permutations. Not a test (run it by hand; it needs torch)::
 
     python tests/grid_vs_float64.py            # the 48-config grid
     python tests/grid_vs_float64.py 33 40      # some configurations
@@ -71,9 +74,45 @@ def main(argv=None):
     print(f"per array ({len(per_array['jax'])} arrays), median and 90th percentile of that error in ulps: "
           f"jaxrnn {np.median(per_array['jax']):.2f} / {np.quantile(per_array['jax'], 0.9):.2f}, "
           f"torch {np.median(per_array['torch']):.2f} / {np.quantile(per_array['torch'], 0.9):.2f}")
+    for seed in range(5):
+        failed, largest = torch_against_itself(parity, indices, seed)
+        print(f"torch against itself, batch permuted (seed {seed}): {len(failed)} of {len(indices)} configurations "
+              f"beyond 1e-5 {failed}; largest difference {largest:.3g}")
     t = tanh_ulps()
     print(f"float32 tanh, ulps of the value (max, mean): jax {t['jax'][0]:.2f}, {t['jax'][1]:.3f}; "
           f"torch {t['torch'][0]:.2f}, {t['torch'][1]:.3f}")
+
+
+def torch_against_itself(parity, indices, seed):
+    """torch float32 on each configuration's inputs against torch float32 on the same inputs
+    with the batch permuted (results permuted back): the configurations where some output,
+    state or gradient differs by more than 1e-5, and the largest difference."""
+    B = parity.maker.SIZES["batch"]
+    failed, largest = [], 0.0
+    for i in indices:
+        config = parity.grid_config(i)
+        module = parity.maker.build_module(config, seed=i)
+        inputs = parity.maker.random_inputs(config, seed=i)
+        expected = parity.maker.torch_run(module, inputs)
+        rng = np.random.default_rng([seed, i])
+        perm = rng.permutation(B)
+        while (perm == np.arange(B)).all():
+            perm = rng.permutation(B)
+        inv = np.argsort(perm)
+        axis = 0 if config["batch_first"] else 1
+        permuted = dict(inputs, xs=np.take(inputs["xs"], perm, axis=axis), lengths=inputs["lengths"][perm],
+                        h0=inputs["h0"][:, perm], c0=inputs["c0"][:, perm])
+        got = parity.maker.torch_run(module, permuted)
+        for key in ("ys", "grad/xs"):
+            got[key] = np.take(got[key], inv, axis=axis)
+        for key in ("h_n", "c_n", "grad/h0", "grad/c0"):
+            if key in got:
+                got[key] = got[key][:, inv]
+        diffs = [float(np.max(np.abs(got[k] - v))) for k, v in expected.items() if v.size]
+        largest = max([largest] + diffs)
+        if max(diffs) > 1e-5:
+            failed.append(i)
+    return failed, largest
 
 
 def tanh_ulps():
