@@ -23,7 +23,9 @@ gates, ``H`` the hidden size, ``I`` the input size)::
 
 Parameters are stored in float32; a cell built with ``compute_dtype=jnp.bfloat16``
 runs its matrix products in bfloat16 with float32 accumulation and keeps the
-state and all gate arithmetic in float32.
+state and all gate arithmetic in float32. With ``jax_enable_x64``, float64 inputs or
+parameters make everything float64 (products, gate arithmetic, gradients, and the
+zero state for ``h=None``), never a silent float32 (see :func:`acc_dtype`).
 """
 
 from __future__ import annotations
@@ -259,10 +261,11 @@ class Cell:
                 raise TypeError(f"`{name}.{field}` must be a floating-point array; got dtype {value.dtype}.")
         return int(w_ih.shape[1])
 
-    def check_state(self, h, batch_shape: tuple, name: str = "h"):
-        """Validates a state (or None) for ``batch_shape``; returns it as float arrays."""
+    def check_state(self, h, batch_shape: tuple, name: str = "h", dtype=jnp.float32):
+        """Validates a state (or None, zeros of ``dtype``) for ``batch_shape``; returns it
+        as float arrays."""
         if h is None:
-            return self.initial_state(batch_shape)
+            return self.initial_state(batch_shape, dtype)
         if self.is_lstm:
             if not (isinstance(h, (tuple, list)) and len(h) == 2):
                 raise TypeError(
@@ -295,7 +298,7 @@ class Cell:
         """
         gx = _matmul(xs, params.w_ih, self.compute_dtype)
         b = self.input_bias(params)
-        return gx if b is None else gx + b.astype(jnp.float32)
+        return gx if b is None else gx + b.astype(acc_dtype(b.dtype))
 
     def input_bias(self, params) -> Optional[Array]:
         """The biases that can be added to the input projection: ``b_ih + b_hh``, or
@@ -417,7 +420,7 @@ class Cell:
         input_size = self.check_params(params)
         x = check_input(x, input_size, min_rank=1, name="x")
         batch_shape = tuple(x.shape[:-1])
-        state = self.check_state(h, batch_shape)
+        state = self.check_state(h, batch_shape, dtype=acc_dtype(x.dtype, params.w_ih.dtype))
         carry = tuple(state) if self.is_lstm else (state,)
         new_carry, y = self.cell_update(params, self.project(params, x), carry)
         return (LSTMState(*new_carry) if self.is_lstm else new_carry[0]), y
@@ -427,7 +430,7 @@ class Cell:
         a = _matmul(carry[0], params.w_hh, self.compute_dtype)
         b = self.recurrent_bias(params)
         if b is not None:
-            a = a + b.astype(jnp.float32)
+            a = a + b.astype(acc_dtype(b.dtype))
         new = self.pointwise(gx, a, carry)
         h = new[0]
         if self.proj_size:
@@ -456,21 +459,31 @@ def _lstm_deriv_constants(H: int):
     return np.concatenate([zeros, zeros, ones, zeros]), np.concatenate([ones, ones, zeros, ones])
 
 
+def acc_dtype(*dtypes) -> jnp.dtype:
+    """The dtype of matrix-product results, gate arithmetic and zero states: float64 where
+    any of ``dtypes`` is float64 (with ``jax_enable_x64``), float32 otherwise (float32,
+    bfloat16 and float16 inputs)."""
+    return jnp.dtype(jnp.float64 if any(jnp.dtype(d) == jnp.float64 for d in dtypes) else jnp.float32)
+
+
+def operand_dtypes(x_dtype, w_dtype, compute_dtype):
+    """``(operand dtype, result dtype)`` of a product: operands in ``compute_dtype``, or in
+    float64 when the cell's default float32 meets a float64 operand."""
+    acc = acc_dtype(x_dtype, w_dtype)
+    return (acc if jnp.dtype(compute_dtype) == jnp.float32 else compute_dtype), acc
+
+
 def _matmul(x: Array, w: Array, compute_dtype) -> Array:
-    """``x @ w.T`` with operands in ``compute_dtype`` and a float32 result."""
-    return jnp.einsum(
-        "...i,gi->...g",
-        x.astype(compute_dtype),
-        w.astype(compute_dtype),
-        preferred_element_type=jnp.float32,
-    )
+    """``x @ w.T`` with operands in ``compute_dtype`` and a float32 (float64) result."""
+    cd, acc = operand_dtypes(x.dtype, w.dtype, compute_dtype)
+    return jnp.einsum("...i,gi->...g", x.astype(cd), w.astype(cd), preferred_element_type=acc)
 
 
 def _matmul_untransposed(x: Array, w: Array, compute_dtype) -> Array:
-    """``x @ w`` with a float32 result. Writing it ``_matmul(x, w.T)`` inside a loop
-    made XLA:CPU transpose ``w`` at every step (4x slower fwd+bwd at B=1)."""
-    return jnp.einsum("...g,gh->...h", x.astype(compute_dtype), w.astype(compute_dtype),
-                      preferred_element_type=jnp.float32)
+    """``x @ w`` with a float32 (float64) result. Writing it ``_matmul(x, w.T)`` inside a
+    loop made XLA:CPU transpose ``w`` at every step (4x slower fwd+bwd at B=1)."""
+    cd, acc = operand_dtypes(x.dtype, w.dtype, compute_dtype)
+    return jnp.einsum("...g,gh->...h", x.astype(cd), w.astype(cd), preferred_element_type=acc)
 
 
 def _describe(x) -> str:

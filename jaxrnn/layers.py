@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import scan as _scan
-from jaxrnn.cells import Cell, _describe, check_input
+from jaxrnn.cells import Cell, _describe, acc_dtype, check_input
 
 Array = jax.Array
 
@@ -117,12 +117,12 @@ class Stack:
             )
         return StackParams(tuple(layers), head)
 
-    def initial_state(self, batch_shape: Sequence[int] = ()) -> tuple:
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype=jnp.float32) -> tuple:
         """Zero state: a tuple with one entry per layer."""
         states = []
         for cell in self.cells:
-            s = cell.initial_state(batch_shape)
-            states.append(Bidirectional(s, cell.initial_state(batch_shape)) if self.bidirectional else s)
+            s = cell.initial_state(batch_shape, dtype)
+            states.append(Bidirectional(s, cell.initial_state(batch_shape, dtype)) if self.bidirectional else s)
         return tuple(states)
 
     # -------------------------------------------------------------- checking
@@ -167,9 +167,9 @@ class Stack:
                     raise ValueError(f"`{name}.head.{field}` must have shape {list(shape)}; got {got}.")
         return input_size
 
-    def check_state(self, h, batch_shape: tuple, name: str = "h") -> tuple:
+    def check_state(self, h, batch_shape: tuple, name: str = "h", dtype=jnp.float32) -> tuple:
         if h is None:
-            return self.initial_state(batch_shape)
+            return self.initial_state(batch_shape, dtype)
         if not isinstance(h, (tuple, list)) or len(h) != self.num_layers:
             raise TypeError(
                 f"`{name}` must be a tuple with one state per layer ({self.num_layers}) or None; "
@@ -219,7 +219,7 @@ class Stack:
         xs_TNI, batch_shape, restore = _scan.to_time_major(xs, time_major)
         T = xs_TNI.shape[0]
         lengths = _scan.check_seq_lengths(seq_lengths, batch_shape, T)
-        states = self.check_state(h, batch_shape)
+        states = self.check_state(h, batch_shape, dtype=_state_dtype(xs, params))
         if key is not None and self.dropout > 0:
             keys = list(jax.random.split(key, self.num_layers))
         else:
@@ -254,7 +254,7 @@ class Stack:
         input_size = self.check_params(params)
         x = check_input(x, input_size, min_rank=1, name="x")
         batch_shape = tuple(x.shape[:-1])
-        states = self.check_state(h, batch_shape)
+        states = self.check_state(h, batch_shape, dtype=_state_dtype(x, params))
         keys = list(jax.random.split(key, self.num_layers)) if (key is not None and self.dropout > 0) else None
         new_states, y = [], x
         for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
@@ -266,6 +266,11 @@ class Stack:
         if params.head is not None:
             y = dense(params.head, y)
         return tuple(new_states), y
+
+
+def _state_dtype(x: Array, params: StackParams):
+    """The dtype of a zero state: float64 with float64 inputs or parameters, else float32."""
+    return acc_dtype(x.dtype, *(leaf.dtype for leaf in jax.tree.leaves(params)))
 
 
 def dense(params: DenseParams, x: Array) -> Array:

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import Cell, LSTMState, _matmul, _matmul_untransposed, check_input
+from jaxrnn.cells import Cell, LSTMState, _matmul, _matmul_untransposed, acc_dtype, check_input, operand_dtypes
 
 Array = jax.Array
 
@@ -126,7 +126,7 @@ def unroll(
     xs_TNI, batch_shape, restore = to_time_major(xs, time_major)
     T = xs_TNI.shape[0]
     lengths = check_seq_lengths(seq_lengths, batch_shape, T)
-    state = cell.check_state(h, batch_shape)
+    state = cell.check_state(h, batch_shape, dtype=acc_dtype(xs.dtype, params.w_ih.dtype))
     carry = flatten_state(cell, state)
     # Batch-major inputs are handed over as they are, [N, T, I]; run decides (see there).
     batch_major = not time_major and xs.ndim > 2
@@ -258,8 +258,8 @@ def _layer(static, params, carry, xs_TNI, lengths):
 def _seq_matmul(x_TNK, w, compute_dtype):
     """``x @ w.T`` for every step at once, as one 2-D matrix product: ``[T, N, K] -> [T, N, G]``."""
     T, N, K = x_TNK.shape
-    y = jnp.dot(x_TNK.reshape(T * N, K).astype(compute_dtype), w.T.astype(compute_dtype),
-                preferred_element_type=jnp.float32)
+    cd, acc = operand_dtypes(x_TNK.dtype, w.dtype, compute_dtype)
+    y = jnp.dot(x_TNK.reshape(T * N, K).astype(cd), w.T.astype(cd), preferred_element_type=acc)
     return y.reshape(T, N, w.shape[0])
 
 
@@ -267,8 +267,8 @@ def _weight_grad(d_TNG, x_TNK, compute_dtype):
     """``sum_{t,n} d[t,n,:]^T x[t,n,:]`` as one 2-D matrix product, ``[G, K]``."""
     G, K = d_TNG.shape[-1], x_TNK.shape[-1]
     M = math.prod(d_TNG.shape[:-1])
-    return jnp.dot(d_TNG.reshape(M, G).T.astype(compute_dtype), x_TNK.reshape(M, K).astype(compute_dtype),
-                   preferred_element_type=jnp.float32)
+    cd, acc = operand_dtypes(d_TNG.dtype, x_TNK.dtype, compute_dtype)
+    return jnp.dot(d_TNG.reshape(M, G).T.astype(cd), x_TNK.reshape(M, K).astype(cd), preferred_element_type=acc)
 
 
 def _mask(lengths, T):
@@ -394,9 +394,9 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     def step(carry, gx_t, m_t):
         a = recurrent(carry[0])
         if b_rec is not None:
-            a = a + b_rec.astype(jnp.float32)
+            a = a + b_rec.astype(acc_dtype(b_rec.dtype))
         if b_x is not None:
-            gx_t = gx_t + b_x.astype(jnp.float32)
+            gx_t = gx_t + b_x.astype(acc_dtype(b_x.dtype))
         if cell.kind != "gru":
             gx_t, a = gx_t + a, None
         new, saved = cell.pointwise(gx_t, a, carry, save=True)
@@ -520,7 +520,7 @@ def _recurrence_bwd(static, res, cts):
                 db = db + dgx_t.sum(0)
             return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis), db), None
 
-        db0 = None if b_x is None else jnp.zeros(saved[0].shape[-1:], jnp.float32)
+        db0 = None if b_x is None else jnp.zeros(saved[0].shape[-1:], saved[0].dtype)
         (d_carry0, dgx, db_acc), _ = jax.lax.scan(
             body_ip, (d_carry, saved[0], db0), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
             reverse=not reverse, unroll=unroll)

@@ -44,7 +44,7 @@ def main(argv=None):
         expected32 = parity.maker.torch_run(module, inputs)
         module64 = parity.maker.build_module(config, seed=i).double()
         inputs64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in inputs.items()}
-        expected64 = _torch_run64(parity.maker, module64, inputs64)
+        expected64 = parity.maker.torch_run(module64, inputs64, dtype=np.float64)
         tnet, params = jaxrnn.from_torch(module)
         result, g_params = parity.jax_run(tnet, params, inputs)
         result.update({f"grad/{k}": v.numpy() for k, v in jaxrnn.to_torch_state_dict(tnet, g_params).items()})
@@ -130,31 +130,6 @@ def tanh_ulps():
         err = np.abs(y.astype(np.float64) - truth) / ulp
         out[name] = (float(err.max()), float(err.mean()))
     return out
-
-
-def _torch_run64(maker, module, inputs):
-    """``maker.torch_run`` in float64 (it returns float32 arrays; this keeps float64)."""
-    import torch
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    lstm = isinstance(module, torch.nn.LSTM)
-    xs = torch.tensor(inputs["xs"], requires_grad=True)
-    h0 = torch.tensor(inputs["h0"], requires_grad=True)
-    c0 = torch.tensor(inputs["c0"], requires_grad=True)
-    T = xs.shape[1] if module.batch_first else xs.shape[0]
-    seq = pack_padded_sequence(xs, torch.tensor(inputs["lengths"]), batch_first=module.batch_first,
-                               enforce_sorted=False)
-    out, h_n = module(seq, (h0, c0) if lstm else h0)
-    ys, _ = pad_packed_sequence(out, batch_first=module.batch_first, total_length=T)
-    states = list(h_n) if lstm else [h_n]
-    maker.torch_loss(ys, states).backward()
-    np_ = lambda t: t.detach().numpy()
-    result = {"ys": np_(ys), "h_n": np_(states[0]), "grad/xs": np_(xs.grad), "grad/h0": np_(h0.grad)}
-    if lstm:
-        result.update({"c_n": np_(states[1]), "grad/c0": np_(c0.grad)})
-    for name, p in module.named_parameters():
-        result[f"grad/{name}"] = np_(p.grad)
-    return result
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def torch_loss(ys, states):
     return (ys**2).sum() + sum((s * s.sin()).sum() for s in states)
 
 
-def torch_run(module, inputs: dict, *, packed: bool = True, with_h0: bool = True) -> dict:
-    """Outputs and gradients of :func:`torch_loss`, as float32 numpy arrays.
+def torch_run(module, inputs: dict, *, packed: bool = True, with_h0: bool = True, dtype=np.float32) -> dict:
+    """Outputs and gradients of :func:`torch_loss`, as numpy arrays of ``dtype`` (float32;
+    float64 for a module in double precision with float64 inputs).
 
     Keys: ``ys``, ``h_n`` (``c_n``), ``grad/xs``, ``grad/h0`` (``grad/c0``) and
     ``grad/<parameter name>`` for every parameter.
@@ -96,7 +97,7 @@ def torch_run(module, inputs: dict, *, packed: bool = True, with_h0: bool = True
         ys, h_n = module(xs, hx)
     states = list(h_n) if lstm else [h_n]
     torch_loss(ys, states).backward()
-    np_ = lambda t: t.detach().numpy().astype(np.float32)
+    np_ = lambda t: t.detach().numpy().astype(dtype)
     result = {"ys": np_(ys), "h_n": np_(states[0]), "grad/xs": np_(xs.grad)}
     if lstm:
         result["c_n"] = np_(states[1])

@@ -214,6 +214,29 @@ def test_torch_grid(index):
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("index", range(GRID_SIZE), ids=lambda i: f"{i}-{grid_config(i)['mode']}")
+def test_torch_grid_float64(index):
+    """The same grid with both libraries in float64 (``jax_enable_x64``; torch's module in
+    double): every output, state and gradient within 1e-12. Semantics, not rounding: what
+    differs in float32 (up to 1e-5, see ATOL) is the order of float32 roundings."""
+    pytest.importorskip("torch")
+    config = grid_config(index)
+    module = maker.build_module(config, seed=index).double()
+    inputs = {k: (v.astype(np.float64) if v.dtype == np.float32 else v)
+              for k, v in maker.random_inputs(config, seed=index).items()}
+    expected = maker.torch_run(module, inputs, dtype=np.float64)
+    with jax.enable_x64(True):
+        tnet, params = jaxrnn.from_torch(module)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        result, g_params = jax_run(tnet, params, inputs)
+        result.update({f"grad/{k}": v for k, v in torch_names(tnet, g_params).items()})
+        for k, v in expected.items():
+            got = np.asarray(result[k])
+            assert got.dtype == np.float64, (k, got.dtype)
+            np.testing.assert_allclose(got, v, rtol=0, atol=1e-12, err_msg=f"{config} {k}")
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
 def test_torch_unbatched_and_no_h0(mode):
     pytest.importorskip("torch")
