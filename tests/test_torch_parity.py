@@ -226,10 +226,12 @@ def test_torch_grid_float64(index):
               for k, v in maker.random_inputs(config, seed=index).items()}
     expected = maker.torch_run(module, inputs, dtype=np.float64)
     with jax.enable_x64(True):
-        tnet, params = jaxrnn.from_torch(module)
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        tnet, params = jaxrnn.from_torch(module)  # a double module: float64 params
+        assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
         result, g_params = jax_run(tnet, params, inputs)
-        result.update({f"grad/{k}": v for k, v in torch_names(tnet, g_params).items()})
+        state_dict = jaxrnn.to_torch_state_dict(tnet, g_params)
+        assert all(v.dtype == module.weight_ih_l0.dtype for v in state_dict.values())
+        result.update({f"grad/{k}": v.numpy() for k, v in state_dict.items()})
         for k, v in expected.items():
             got = np.asarray(result[k])
             assert got.dtype == np.float64, (k, got.dtype)
@@ -257,6 +259,7 @@ def test_torch_unbatched_and_no_h0(mode):
     compare(result, expected, label="h=None")
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_to_torch_round_trip(key):
     torch = pytest.importorskip("torch")
     net = jaxrnn.stack(jaxrnn.lstm(5, proj_size=2), num_layers=2, bidirectional=True)
@@ -281,3 +284,20 @@ def test_to_torch_round_trip(key):
     assert sorted(jaxrnn.to_torch_state_dict(net, params)) == sorted(module2.state_dict())
     with pytest.raises(ValueError):
         jaxrnn.to_torch(jaxrnn.stack([jaxrnn.gru(4), jaxrnn.lstm(4)]), None)
+
+
+def test_torch_float64_round_trip(key):
+    """float64 params (with jax_enable_x64) export to a double module and come back float64;
+    without x64, a double module comes back float32."""
+    torch = pytest.importorskip("torch")
+    net = jaxrnn.stack(jaxrnn.gru(4), num_layers=2)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), net.init(key, 3))
+        module = jaxrnn.to_torch(net, params)
+        assert module.weight_ih_l0.dtype == torch.float64
+        _, back = jaxrnn.from_torch(module)
+        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+            assert a.dtype == jnp.float64
+            np.testing.assert_array_equal(a, b)
+    _, back32 = jaxrnn.from_torch(module)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(back32))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,7 +91,11 @@ class TorchRNN:
 
 
 def _np(t):
-    return np.asarray(t.detach().cpu().to(dtype=__import__("torch").float32).numpy())
+    """A torch tensor as numpy: float64 stays float64 where jax has float64 (``jax_enable_x64``),
+    anything else becomes float32."""
+    torch = __import__("torch")
+    dtype = torch.float64 if (t.dtype == torch.float64 and jax.config.jax_enable_x64) else torch.float32
+    return np.asarray(t.detach().cpu().to(dtype=dtype).numpy())
 
 
 def from_torch(module):
@@ -101,7 +106,8 @@ def from_torch(module):
         ``batch_first``, ``bias``, ``nonlinearity``, ``proj_size``, ``dropout``).
 
     Returns:
-      ``(net, params)``: a :class:`TorchRNN` and float32 :class:`StackParams`.
+      ``(net, params)``: a :class:`TorchRNN` and float32 :class:`StackParams` (float64 for
+      a double-precision module with ``jax_enable_x64``).
     """
     import torch  # noqa: F401  (lazy: torch is optional)
 
@@ -135,7 +141,8 @@ def from_torch(module):
 
 
 def to_torch_state_dict(net: TorchRNN | Stack, params: StackParams) -> dict:
-    """The ``state_dict`` of the equivalent torch module (float32 ``torch.Tensor`` values)."""
+    """The ``state_dict`` of the equivalent torch module: float32 ``torch.Tensor`` values
+    (float64 for float64 params)."""
     import torch
 
     stack_ = net.net if isinstance(net, TorchRNN) else net
@@ -150,7 +157,8 @@ def to_torch_state_dict(net: TorchRNN | Stack, params: StackParams) -> dict:
             for field, tname in names.items():
                 value = getattr(q, field, None)
                 if value is not None:
-                    out[f"{tname}_l{l}{suffix}"] = torch.from_numpy(np.array(value, dtype=np.float32))
+                    dtype = np.float64 if value.dtype == np.float64 else np.float32
+                    out[f"{tname}_l{l}{suffix}"] = torch.from_numpy(np.array(value, dtype=dtype))
     return out
 
 
@@ -176,5 +184,8 @@ def to_torch(net: TorchRNN | Stack, params: StackParams, *, batch_first: Optiona
         module = torch.nn.GRU(**common)
     else:
         module = torch.nn.LSTM(proj_size=cell.proj_size, **common)
-    module.load_state_dict(to_torch_state_dict(stack_, params))
+    state_dict = to_torch_state_dict(stack_, params)
+    if any(v.dtype == torch.float64 for v in state_dict.values()):
+        module = module.double()
+    module.load_state_dict(state_dict)
     return module
