@@ -420,7 +420,7 @@ class Cell:
         input_size = self.check_params(params)
         x = check_input(x, input_size, min_rank=1, name="x")
         batch_shape = tuple(x.shape[:-1])
-        state = self.check_state(h, batch_shape, dtype=acc_dtype(x.dtype, params.w_ih.dtype))
+        state = self.check_state(h, batch_shape, dtype=state_dtype(x, params))
         carry = tuple(state) if self.is_lstm else (state,)
         new_carry, y = self.cell_update(params, self.project(params, x), carry)
         return (LSTMState(*new_carry) if self.is_lstm else new_carry[0]), y
@@ -464,6 +464,12 @@ def acc_dtype(*dtypes) -> jnp.dtype:
     any of ``dtypes`` is float64 (with ``jax_enable_x64``), float32 otherwise (float32,
     bfloat16 and float16 inputs)."""
     return jnp.dtype(jnp.float64 if any(jnp.dtype(d) == jnp.float64 for d in dtypes) else jnp.float32)
+
+
+def state_dtype(x: Array, params) -> jnp.dtype:
+    """The dtype of the zero state for ``h=None``: :func:`acc_dtype` of the input and every
+    parameter (a cell's or a stack's)."""
+    return acc_dtype(x.dtype, *(leaf.dtype for leaf in jax.tree.leaves(params)))
 
 
 def operand_dtypes(x_dtype, w_dtype, compute_dtype):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import scan as _scan
-from jaxrnn.cells import Cell, _describe, acc_dtype, check_input
+from jaxrnn.cells import Cell, _describe, check_input, state_dtype
 
 Array = jax.Array
 
@@ -219,7 +219,7 @@ class Stack:
         xs_TNI, batch_shape, restore = _scan.to_time_major(xs, time_major)
         T = xs_TNI.shape[0]
         lengths = _scan.check_seq_lengths(seq_lengths, batch_shape, T)
-        states = self.check_state(h, batch_shape, dtype=_state_dtype(xs, params))
+        states = self.check_state(h, batch_shape, dtype=state_dtype(xs, params))
         if key is not None and self.dropout > 0:
             keys = list(jax.random.split(key, self.num_layers))
         else:
@@ -254,7 +254,7 @@ class Stack:
         input_size = self.check_params(params)
         x = check_input(x, input_size, min_rank=1, name="x")
         batch_shape = tuple(x.shape[:-1])
-        states = self.check_state(h, batch_shape, dtype=_state_dtype(x, params))
+        states = self.check_state(h, batch_shape, dtype=state_dtype(x, params))
         keys = list(jax.random.split(key, self.num_layers)) if (key is not None and self.dropout > 0) else None
         new_states, y = [], x
         for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
@@ -266,11 +266,6 @@ class Stack:
         if params.head is not None:
             y = dense(params.head, y)
         return tuple(new_states), y
-
-
-def _state_dtype(x: Array, params: StackParams):
-    """The dtype of a zero state: float64 with float64 inputs or parameters, else float32."""
-    return acc_dtype(x.dtype, *(leaf.dtype for leaf in jax.tree.leaves(params)))
 
 
 def dense(params: DenseParams, x: Array) -> Array:

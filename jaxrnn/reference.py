@@ -21,7 +21,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import Cell, acc_dtype
+from jaxrnn.cells import Cell, state_dtype
 from jaxrnn.layers import Bidirectional, Stack, StackParams, dense
 
 Array = jax.Array
@@ -74,7 +74,7 @@ def python_unroll(
     # Time on axis 0: [T, *batch, I].
     xs_T = xs if (time_major or xs.ndim == 2) else jnp.moveaxis(xs, -2, 0)
     T, batch_shape = xs_T.shape[0], tuple(xs_T.shape[1:-1])
-    state = cell.initial_state(batch_shape, acc_dtype(xs.dtype, params.w_ih.dtype)) if h is None else h
+    state = cell.initial_state(batch_shape, state_dtype(xs, params)) if h is None else h
     mask_shape = batch_shape + (1,)
     lengths = None if seq_lengths is None else jnp.asarray(seq_lengths)
 
@@ -135,10 +135,10 @@ def python_stack(
       >>> bool(jnp.allclose(ys, ys2, atol=1e-5))
       True
     """
-    if h is None:  # zeros, in the dtype Stack gives them (see jaxrnn.layers._state_dtype)
+    if h is None:  # zeros, in the dtype Stack gives them
         xs = jnp.asarray(xs)
         batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
-        h = net.initial_state(batch_shape, acc_dtype(xs.dtype, *(p.dtype for p in jax.tree.leaves(params))))
+        h = net.initial_state(batch_shape, state_dtype(xs, params))
     states = tuple(h)
     opts = dict(seq_lengths=seq_lengths, time_major=time_major)
     new_states, ys = [], xs

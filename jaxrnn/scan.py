@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import Cell, LSTMState, _matmul, _matmul_untransposed, acc_dtype, check_input, operand_dtypes
+from jaxrnn.cells import (Cell, LSTMState, _matmul, _matmul_untransposed, acc_dtype, check_input, operand_dtypes,
+                          state_dtype)
 
 Array = jax.Array
 
@@ -126,7 +127,7 @@ def unroll(
     xs_TNI, batch_shape, restore = to_time_major(xs, time_major)
     T = xs_TNI.shape[0]
     lengths = check_seq_lengths(seq_lengths, batch_shape, T)
-    state = cell.check_state(h, batch_shape, dtype=acc_dtype(xs.dtype, params.w_ih.dtype))
+    state = cell.check_state(h, batch_shape, dtype=state_dtype(xs, params))
     carry = flatten_state(cell, state)
     # Batch-major inputs are handed over as they are, [N, T, I]; run decides (see there).
     batch_major = not time_major and xs.ndim > 2
@@ -345,10 +346,11 @@ def _column_blocks(w: Array, n: int, loop: str):
       I=H=512: LSTM 0.90x, GRU 0.99x). So only up to 10 MFLOP a step: B32 is left whole.
 
     Not on more cores (unmeasured), nor where the weight is one block already (B1 T1000
-    H128: 1.04-1.07x the time in 4 blocks).
+    H128: 1.04-1.07x the time in 4 blocks), nor off the CPU.
     """
     K, M = w.shape
-    if _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS or 2 * n * K * M > _BLOCK_MAX_FLOPS[loop]:
+    if (jax.default_backend() != "cpu" or _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS
+            or 2 * n * K * M > _BLOCK_MAX_FLOPS[loop]):
         return None
     count = -(-K * M // _BLOCK_ELEMENTS)
     width = -(-M // count)
@@ -377,7 +379,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     T = xs.shape[1] if batch_major else xs.shape[0]
     mask = _mask(lengths, T)
     bm_buf = save and _batch_major_buffer(cell, batch_major, w_hr)
-    gx = _seq_matmul(xs if bm_buf else jnp.swapaxes(xs, 0, 1) if batch_major else xs, w_ih, cd)
+    gx = _seq_matmul(jnp.swapaxes(xs, 0, 1) if batch_major and not bm_buf else xs, w_ih, cd)
     axis = 1 if bm_buf else 0  # the time axis of gx
     # On the CPU, h @ w_hh.T is a product with w_hh.T materialised once, outside the loop:
     # XLA:CPU's in-loop product with the transposed operand was slower (fwd+bwd B32 T128
@@ -474,7 +476,7 @@ def _recurrence_bwd(static, res, cts):
         (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:])))
     # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
     new = (ys if cell.kind.startswith("rnn") else None,) + tuple(rest)
-    blocks = _column_blocks(w_hh, carry0[0].shape[0], "backward") if jax.default_backend() == "cpu" else None
+    blocks = _column_blocks(w_hh, carry0[0].shape[0], "backward")
 
     def body(dcarry, inp):
         saved_t, prev_t, new_t, dy_t, m_t = inp

@@ -35,16 +35,15 @@ def main(argv=None):
         indices = [int(a) for a in argv] or list(range(48))
     print(f"{'config':>6} {'key':<28} {'|value|':>9} {'jax-torch32':>11} {'jax32 err':>10} {'torch32 err':>11}"
           f" {'jax32 ulps':>10} {'torch32 ulps':>12}")
-    worst = {"jax": 0.0, "torch": 0.0, "abs_jax": 0.0, "abs_torch": 0.0}
-    per_array = {"jax": [], "torch": []}  # each array's largest error, in ulps of its largest element
+    # Each array's largest error against float64: absolute, and in ulps of its largest element.
+    per_array = {"jax": [], "torch": [], "abs_jax": [], "abs_torch": []}
     for i in indices:
         config = parity.grid_config(i)
         module = parity.maker.build_module(config, seed=i)
         inputs = parity.maker.random_inputs(config, seed=i)
         expected32 = parity.maker.torch_run(module, inputs)
         module64 = parity.maker.build_module(config, seed=i).double()
-        inputs64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in inputs.items()}
-        expected64 = parity.maker.torch_run(module64, inputs64, dtype=np.float64)
+        expected64 = parity.maker.torch_run(module64, parity.maker.as_float64(inputs), dtype=np.float64)
         tnet, params = jaxrnn.from_torch(module)
         result, g_params = parity.jax_run(tnet, params, inputs)
         result.update({f"grad/{k}": v.numpy() for k, v in jaxrnn.to_torch_state_dict(tnet, g_params).items()})
@@ -59,15 +58,14 @@ def main(argv=None):
             ulp = float(np.spacing(np.float32(value)))
             je, te = abs(j.flat[at] - truth.flat[at]), abs(t.flat[at] - truth.flat[at])
             scale = float(np.spacing(np.float32(np.max(np.abs(truth)))))  # one ulp of the largest element
-            per_array["jax"].append(float(np.max(np.abs(j - truth))) / scale)
-            per_array["torch"].append(float(np.max(np.abs(t - truth))) / scale)
-            worst["jax"] = max(worst["jax"], per_array["jax"][-1])
-            worst["torch"] = max(worst["torch"], per_array["torch"][-1])
-            worst["abs_jax"] = max(worst["abs_jax"], float(np.max(np.abs(j - truth))))
-            worst["abs_torch"] = max(worst["abs_torch"], float(np.max(np.abs(t - truth))))
+            for side, got in (("jax", j), ("torch", t)):
+                err = float(np.max(np.abs(got - truth)))
+                per_array[side].append(err / scale)
+                per_array["abs_" + side].append(err)
             if diff.flat[at] > 1e-5:
                 print(f"{i:>6} {key:<28} {value:9.3g} {diff.flat[at]:11.3g} {je:10.3g} {te:11.3g} {je / ulp:10.2f}"
                       f" {te / ulp:12.2f}")
+    worst = {k: max(v) for k, v in per_array.items()}
     print(f"largest error against float64 over every array, in float32 ulps of the array's largest element: "
           f"jaxrnn {worst['jax']:.2f}, torch {worst['torch']:.2f}; absolute: jaxrnn {worst['abs_jax']:.3g}, "
           f"torch {worst['abs_torch']:.3g}")

@@ -66,6 +66,12 @@ def random_inputs(config: dict, seed: int, unbatched: bool = False) -> dict:
                 c0=f32(D * config["num_layers"], *batch, H))
 
 
+def as_float64(inputs: dict) -> dict:
+    """``inputs`` (from :func:`random_inputs`) with its float32 arrays cast to float64: the
+    same values, for a run in double precision."""
+    return {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in inputs.items()}
+
+
 def torch_loss(ys, states):
     """``sum(ys**2) + sum(h * sin(h))`` over the final states: touches every output."""
     return (ys**2).sum() + sum((s * s.sin()).sum() for s in states)

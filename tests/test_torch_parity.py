@@ -222,8 +222,7 @@ def test_torch_grid_float64(index):
     pytest.importorskip("torch")
     config = grid_config(index)
     module = maker.build_module(config, seed=index).double()
-    inputs = {k: (v.astype(np.float64) if v.dtype == np.float32 else v)
-              for k, v in maker.random_inputs(config, seed=index).items()}
+    inputs = maker.as_float64(maker.random_inputs(config, seed=index))
     expected = maker.torch_run(module, inputs, dtype=np.float64)
     with jax.enable_x64(True):
         tnet, params = jaxrnn.from_torch(module)  # a double module: float64 params
