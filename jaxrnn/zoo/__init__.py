@@ -8,3 +8,4 @@ Python loop and an independent implementation where one exists.
 from jaxrnn.zoo.peephole import PeepholeLSTMCell, PeepholeLSTMParams, peephole_lstm
 from jaxrnn.zoo.layernorm import LayerNormGRUCell, LayerNormGRUParams, LayerNormLSTMCell, LayerNormLSTMParams, layernorm_gru, layernorm_lstm
 from jaxrnn.zoo.convlstm import ConvLSTMCell, ConvLSTMParams, conv_lstm
+from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
