@@ -18,6 +18,8 @@ the uninterrupted run (bit for bit on the same machine).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import tempfile
@@ -26,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import msgpack
 import numpy as np
 import optax
 from jax import lax
@@ -734,8 +737,14 @@ def generate(net, params, key: Array, prime, length: int, *, temperature: float 
 
 # =============================================================================== checkpoints
 
+# A checkpoint file is two msgpack objects, one after the other:
+#   header = {"format": "jaxrnn.checkpoint", "version": 2, "size": n, "sha256": hex digest}
+#   data   = n bytes: flax.serialization.msgpack_serialize({"state": state_dict, "config": config})
+# and the header's "sha256" is the SHA-256 of those n bytes. Format 1 (jaxrnn before the
+# checksum) was a single object {"format", "version": 1, "state", "config"}; it is still read.
 _FORMAT = "jaxrnn.checkpoint"
-_VERSION = 1
+_VERSION = 2
+_LEGACY_VERSION = 1
 
 
 def _flatten_state_dict(sd, prefix=""):
@@ -789,12 +798,65 @@ def _describe_tree(flat) -> str:
     return "{" + ", ".join(f"{k}: {_leaf_spec(v)}" for k, v in flat.items()) + "}"
 
 
+def _damaged(path: str, why: str) -> ValueError:
+    return ValueError(f"`path` {path!r} is not a valid checkpoint: the file is damaged ({why}).")
+
+
+def _read_checkpoint(path: str) -> dict:
+    """The ``{"state", "config"}`` payload of a checkpoint file, its checksum verified."""
+    from flax import serialization
+
+    with open(path, "rb") as f:
+        data = f.read()
+    # Only the header is parsed here; the reader pulls small chunks from the file's bytes.
+    unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False,
+                                max_buffer_size=max(len(data), 1))
+    try:
+        header = unpacker.unpack()
+    except Exception as e:  # OutOfData, FormatError, StackError, UnicodeDecodeError, ...
+        raise ValueError(f"`path` {path!r} is not a valid checkpoint (damaged or truncated): "
+                         f"{type(e).__name__}: {e}") from e
+    if not (isinstance(header, dict) and header.get("format") == _FORMAT):
+        raise ValueError(f"`path` {path!r} is not a jaxrnn checkpoint (damaged, or written by something else).")
+    version = header.get("version")
+    if version == _VERSION:
+        size, digest = header.get("size"), header.get("sha256")
+        if set(header) != {"format", "version", "size", "sha256"} or type(size) is not int \
+                or not isinstance(digest, str):
+            raise _damaged(path, f"its header is not a format-{_VERSION} header: {repr(header)[:200]}")
+        body = memoryview(data)[unpacker.tell():]
+        if len(body) < size:
+            raise _damaged(path, f"truncated: {len(body)} of its {size} bytes of data are there")
+        if len(body) > size:
+            raise _damaged(path, f"{len(body) - size} bytes follow the end of its {size} bytes of data")
+        if hashlib.sha256(body).hexdigest() != digest:
+            raise _damaged(path, "the SHA-256 checksum of its data does not match the one saved in its header: "
+                                 "the file changed after it was written")
+    elif version == _LEGACY_VERSION and "state" in header:
+        body = data  # format 1: the header is the whole payload, with no checksum to verify
+    else:
+        raise ValueError(f"`path` {path!r} has checkpoint version {version!r} (a damaged file, or one written by "
+                         f"a newer jaxrnn); this jaxrnn reads versions {_LEGACY_VERSION} and {_VERSION}.")
+    try:
+        payload = serialization.msgpack_restore(body)
+    except Exception as e:
+        raise ValueError(f"`path` {path!r} is not a valid checkpoint (damaged or truncated): "
+                         f"{type(e).__name__}: {e}") from e
+    if not (isinstance(payload, dict) and "state" in payload and "config" in payload):
+        raise ValueError(f"`path` {path!r} is not a jaxrnn checkpoint (damaged, or written by something else).")
+    return payload
+
+
 def save_checkpoint(path, state, *, config: Optional[dict] = None) -> None:
     """Writes ``state`` (any pytree of arrays, e.g. a :class:`TrainState`) and ``config``.
 
-    The file is msgpack (``flax.serialization``; no pickle). It is written to a
-    temporary file in the same directory, flushed to disk and renamed over ``path``,
-    so ``path`` always holds either the old or the new complete checkpoint.
+    The file is msgpack (``flax.serialization``; no pickle): a small header
+    ``{"format": "jaxrnn.checkpoint", "version": 2, "size": n, "sha256": digest}``
+    followed by the ``n`` bytes of data (state and config), whose SHA-256 the header
+    holds, so that :func:`restore_checkpoint` refuses a file changed by even one byte.
+    It is written to a temporary file in the same directory, flushed to disk and
+    renamed over ``path``, so ``path`` always holds either the old or the new
+    complete checkpoint.
 
     On several processes, call it from one (``jax.process_index() == 0``) with a
     replicated state.
@@ -815,17 +877,18 @@ def save_checkpoint(path, state, *, config: Optional[dict] = None) -> None:
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"`config` must be a dict or None; got {type(config).__name__}.")
     sd = serialization.to_state_dict(jax.tree.map(_to_host, state))
-    payload = {"format": _FORMAT, "version": _VERSION, "state": sd,
-               "config": None if config is None else dict(config)}
     try:
-        data = serialization.msgpack_serialize(payload)
+        data = serialization.msgpack_serialize({"state": sd, "config": None if config is None else dict(config)})
     except Exception as e:  # msgpack raises TypeError / ValueError / OverflowError
         raise TypeError(f"`config` or `state` cannot be serialized to msgpack: {e}") from e
+    header = msgpack.packb({"format": _FORMAT, "version": _VERSION, "size": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            f.write(header)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -859,27 +922,21 @@ def restore_checkpoint(path, target):
       ``(state, config)``: ``state`` of ``target``'s type, ``config`` the saved dict
       (or None).
 
+    Checkpoints of version 1 (jaxrnn before the checksum) are still read; they
+    carry no checksum, so damage inside their array data cannot be detected.
+
     Raises:
       FileNotFoundError: if ``path`` does not exist.
-      ValueError: if the file is not a valid checkpoint (corrupt, truncated), or its
-        structure, shapes or dtypes differ from ``target`` (the message names the
-        first mismatching leaf, or shows both structures).
+      ValueError: if the file is not a valid checkpoint: damaged (its data does
+        not match the SHA-256 checksum or the size in its header, or the header is
+        damaged), truncated, or not a jaxrnn checkpoint; or if its structure, shapes
+        or dtypes differ from ``target`` (the message names the first mismatching
+        leaf, or shows both structures).
     """
     from flax import serialization
 
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        payload = serialization.msgpack_restore(data)
-    except Exception as e:
-        raise ValueError(f"`path` {path!r} is not a valid checkpoint (corrupt or truncated): "
-                         f"{type(e).__name__}: {e}") from e
-    if not (isinstance(payload, dict) and payload.get("format") == _FORMAT and "state" in payload):
-        raise ValueError(f"`path` {path!r} is not a jaxrnn checkpoint (corrupt, or written by something else).")
-    if payload.get("version") != _VERSION:
-        raise ValueError(f"`path` {path!r} has checkpoint version {payload.get('version')!r}; "
-                         f"this jaxrnn reads version {_VERSION}.")
+    payload = _read_checkpoint(path)
 
     want = _flatten_state_dict(serialization.to_state_dict(jax.tree.map(_as_saved, target)))
     got = _flatten_state_dict(payload["state"])
