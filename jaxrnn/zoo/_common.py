@@ -43,21 +43,20 @@ def sigmoid(x: Array) -> Array:
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
-def uniform(key: Array, shape: tuple, bound: float, dtype) -> Array:
-    """``U(-bound, bound)``: PyTorch's RNN initialisation with ``bound = 1/sqrt(H)``."""
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+def uniform(key: Array, shapes: list, bound: float, dtype) -> list:
+    """Arrays of ``shapes``, every entry ``U(-bound, bound)``: PyTorch's RNN initialisation
+    with ``bound = 1/sqrt(H)``. One draw sliced up: each distinct random call compiles its
+    own program, which dominates a small cell's ``init`` on a CPU."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = jax.random.uniform(key, (sum(sizes),), dtype, -bound, bound)
+    offsets = np.cumsum([0] + sizes)
+    return [flat[a:b].reshape(shape) for a, b, shape in zip(offsets[:-1], offsets[1:], shapes)]
 
 
-def gate_blocks(key: Array, scheme: str, num_gates: int, hidden_size: int, fan: int, dtype, *,
-                recurrent: bool) -> Array:
-    """A ``[num_gates * H, fan]`` weight with the gates stacked along axis 0.
-
-    ``"uniform"``: every entry ``U(±1/sqrt(H))`` (PyTorch). ``"orthogonal"``: each gate's
-    ``[H, fan]`` block orthogonal for recurrent weights (``recurrent=True``),
-    Glorot-uniform for input weights (Keras' defaults).
-    """
-    if scheme == "uniform":
-        return uniform(key, (num_gates * hidden_size, fan), 1.0 / math.sqrt(hidden_size), dtype)
+def gate_blocks(key: Array, num_gates: int, hidden_size: int, fan: int, dtype, *, recurrent: bool) -> Array:
+    """A ``[num_gates * H, fan]`` weight with the gates stacked along axis 0, each gate's
+    ``[H, fan]`` block orthogonal for recurrent weights (``recurrent=True``), Glorot-uniform
+    for input weights (Keras' defaults, the ``"orthogonal"`` scheme)."""
     make = jax.nn.initializers.orthogonal() if recurrent else jax.nn.initializers.glorot_uniform()
     keys = jax.random.split(key, num_gates)
     return jnp.concatenate([make(k, (hidden_size, fan), dtype) for k in keys], axis=0)

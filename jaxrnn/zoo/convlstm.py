@@ -138,13 +138,11 @@ class ConvLSTMCell:
         """Initial parameters for frames of ``input_size`` channels (see ``init_scheme``)."""
         C_in = C.check_positive_int(input_size, "input_size")
         F, (kh, kw) = self.hidden_size, self.kernel_size
-        k_ih, k_hh, k_b = jax.random.split(key, 3)
         if self.init_scheme == "uniform":
-            bound = 1.0 / math.sqrt(F * kh * kw)
-            w_ih = C.uniform(k_ih, (4 * F, C_in, kh, kw), bound, dtype)
-            w_hh = C.uniform(k_hh, (4 * F, F, kh, kw), bound, dtype)
-            b_ih, b_hh = C.uniform(k_b, (2, 4 * F), bound, dtype)
+            shapes = [(4 * F, C_in, kh, kw), (4 * F, F, kh, kw), (4 * F,), (4 * F,)]
+            w_ih, w_hh, b_ih, b_hh = C.uniform(key, shapes, 1.0 / math.sqrt(F * kh * kw), dtype)
         else:
+            k_ih, k_hh = jax.random.split(key)
             glorot = jax.nn.initializers.glorot_uniform(in_axis=1, out_axis=0)
             orth = jax.nn.initializers.orthogonal()
             w_ih = jnp.concatenate([glorot(k, (F, C_in, kh, kw), dtype) for k in jax.random.split(k_ih, 4)])

@@ -22,6 +22,7 @@ once, outside the loop.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -108,10 +109,14 @@ class _LayerNormCell:
     def _init_common(self, key: Array, input_size: int, dtype) -> list:
         input_size = C.check_positive_int(input_size, "input_size")
         G, H = self.num_gates, self.hidden_size
-        k_ih, k_hh = jax.random.split(key)
+        if self.init_scheme == "uniform":
+            w_ih, w_hh = C.uniform(key, [(G * H, input_size), (G * H, H)], 1.0 / math.sqrt(H), dtype)
+        else:
+            k_ih, k_hh = jax.random.split(key)
+            w_ih = C.gate_blocks(k_ih, G, H, input_size, dtype, recurrent=False)
+            w_hh = C.gate_blocks(k_hh, G, H, H, dtype, recurrent=True)
         ones, zeros = jnp.ones((G * H,), dtype), jnp.zeros((G * H,), dtype)
-        return [C.gate_blocks(k_ih, self.init_scheme, G, H, input_size, dtype, recurrent=False),
-                C.gate_blocks(k_hh, self.init_scheme, G, H, H, dtype, recurrent=True), ones, zeros, ones, zeros]
+        return [w_ih, w_hh, ones, zeros, ones, zeros]
 
     def check_params(self, params) -> int:
         """Checks ``params`` against this cell; returns the input size ``I``."""

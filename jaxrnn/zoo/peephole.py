@@ -95,14 +95,13 @@ class PeepholeLSTMCell:
         """Initial parameters for inputs of size ``input_size`` (see ``init_scheme``)."""
         input_size = C.check_positive_int(input_size, "input_size")
         H = self.hidden_size
-        k_ih, k_hh, k_b, k_p = jax.random.split(key, 4)
-        w_ih = C.gate_blocks(k_ih, self.init_scheme, 4, H, input_size, dtype, recurrent=False)
-        w_hh = C.gate_blocks(k_hh, self.init_scheme, 4, H, H, dtype, recurrent=True)
         if self.init_scheme == "uniform":
-            bound = 1.0 / math.sqrt(H)
-            b_ih, b_hh = C.uniform(k_b, (2, 4 * H), bound, dtype)
-            w_ci, w_cf, w_co = C.uniform(k_p, (3, H), bound, dtype)
+            shapes = [(4 * H, input_size), (4 * H, H), (4 * H,), (4 * H,), (H,), (H,), (H,)]
+            w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co = C.uniform(key, shapes, 1.0 / math.sqrt(H), dtype)
         else:
+            k_ih, k_hh = jax.random.split(key)
+            w_ih = C.gate_blocks(k_ih, 4, H, input_size, dtype, recurrent=False)
+            w_hh = C.gate_blocks(k_hh, 4, H, H, dtype, recurrent=True)
             b_ih = b_hh = jnp.zeros((4 * H,), dtype)
             w_ci = w_cf = w_co = jnp.zeros((H,), dtype)
         if self.forget_bias is not None:
