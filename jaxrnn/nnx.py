@@ -145,9 +145,13 @@ class RNN(nnx.Module):
         """The functional params pytree: ``net(rnn.params, h, xs)`` is ``rnn(xs, h)``."""
         return _values(self.weights)
 
-    @params.setter
-    def params(self, params) -> None:
-        _replace_values(self.weights, params)
+    def __setattr__(self, name, value):
+        # ``rnn.params = new`` writes into the Params (flax's Pytree.__setattr__ would
+        # otherwise bypass the property).
+        if name == "params":
+            _replace_values(self.weights, value)
+        else:
+            super().__setattr__(name, value)
 
     def initial_state(self, batch_shape=(), dtype=None):
         """The net's zero state for ``batch_shape`` (float32, float64 with float64 params)."""
@@ -222,9 +226,11 @@ class Cell(nnx.RNNCellBase):
         """The cell's functional params (the ``nnx.Param`` values)."""
         return _values(self.weights)
 
-    @params.setter
-    def params(self, params) -> None:
-        _replace_values(self.weights, params)
+    def __setattr__(self, name, value):
+        if name == "params":
+            _replace_values(self.weights, value)
+        else:
+            super().__setattr__(name, value)
 
     def __call__(self, carry, inputs):
         """One step, ``(carry, x) -> (carry, y)``: the cell's ``step``."""
