@@ -230,8 +230,8 @@ def newton_unroll(cell, params, h, xs: Array, *, seq_lengths: Optional[Array] = 
     xs_TNI = jnp.asarray(xs).reshape((T, N) + feat_shape)
 
     if T == 0 or N == 0:
-        y_sd = jax.eval_shape(lambda p, hh, x: step_fn(p, hh, x)[1], params, spec.unflatten(h0[:0] if N else h0),
-                              xs_TNI[0] if T else jnp.zeros((N,) + feat_shape, xs.dtype))
+        y_sd = jax.eval_shape(lambda p, hh, x: step_fn(p, hh, x)[1], params, spec.unflatten(h0),
+                              jax.ShapeDtypeStruct((N,) + feat_shape, xs.dtype))
         ys = jax.tree.map(lambda s: jnp.zeros((T,) + batch_shape + s.shape[1:], s.dtype), y_sd)
         out = (h, ys)
         info = NewtonInfo(jnp.int32(0), jnp.zeros((), h0.dtype))
