@@ -3,8 +3,11 @@
 The public surface, small on purpose:
 
 * cells (``rnn``, ``gru``, ``lstm``) -- bundles of pure functions over NamedTuple params
-  in PyTorch's layout: ``cell.init``, ``cell.step(params, h, x) -> (h, y)``;
-* ``unroll(cell, params, h, xs) -> (h, ys)`` -- a cell over a sequence with ``lax.scan``;
+  in PyTorch's layout: ``cell.init``, ``cell.step(params, h, x) -> (h, y)``; any function
+  ``step(params, h, x) -> (h, y)`` or object on the same contract is a cell too
+  (``RecurrentCell``, :mod:`jaxrnn.contract`);
+* ``unroll(cell, params, h, xs) -> (h, ys)`` -- a cell over a sequence with ``lax.scan``,
+  with lengths, resets, reverse and remat;
 * ``stack(...)`` -- stacks, bidirectional layers, dropout, a dense head; itself
   ``(params, h, xs) -> (h, ys)``;
 * ``from_torch`` / ``to_torch`` / ``to_torch_state_dict`` -- PyTorch interop;
@@ -13,7 +16,9 @@ The public surface, small on purpose:
 """
 
 from jaxrnn import parallel, train
-from jaxrnn.cells import Cell, GRUParams, LSTMParams, LSTMState, RNNParams, gru, lstm, rnn
+from jaxrnn.cells import (Cell, GRUCell, GRUParams, LSTMCell, LSTMParams, LSTMState, RNNCell, RNNParams, gru,
+                          lstm, rnn)
+from jaxrnn.contract import FunctionCell, RecurrentCell
 from jaxrnn.interop.torch import TorchRNN, from_torch, to_torch, to_torch_state_dict
 from jaxrnn.layers import Bidirectional, DenseParams, Stack, StackParams, stack
 from jaxrnn.scan import default_unroll, unroll
@@ -32,6 +37,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Bidirectional",
     "Cell",
+    "FunctionCell",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "RecurrentCell",
     "DenseParams",
     "GRUParams",
     "LSTMParams",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,9 @@ Array = jax.Array
 
 __all__ = [
     "Cell",
+    "RNNCell",
+    "GRUCell",
+    "LSTMCell",
     "RNNParams",
     "GRUParams",
     "LSTMParams",
@@ -87,33 +90,35 @@ class LSTMState(NamedTuple):
     c: Array
 
 
-_KINDS = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
-_PARAMS = {"rnn_tanh": RNNParams, "rnn_relu": RNNParams, "gru": GRUParams, "lstm": LSTMParams}
 _INITS = ("uniform", "orthogonal")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Cell:
-    """A recurrent cell: static hyperparameters plus pure functions.
+    """A built-in recurrent cell in PyTorch's layout: static hyperparameters plus pure functions.
 
-    Build one with :func:`rnn`, :func:`gru` or :func:`lstm` rather than directly.
-    Cells are hashable, so they can be closed over or passed as static arguments
-    to ``jax.jit`` without retracing on parameter values.
+    Build one with :func:`rnn`, :func:`gru` or :func:`lstm` rather than directly. The
+    subclasses :class:`RNNCell`, :class:`GRUCell` and :class:`LSTMCell` each hold their own
+    equations (:meth:`pointwise` and its backward, :meth:`pointwise_bwd`); this base holds
+    what the three share: the torch layout (init, checks, the input projection, the
+    recurrent product). Every built-in cell is an instance of the cell contract
+    (:class:`jaxrnn.RecurrentCell`) and also offers the optional fused path that
+    :func:`jaxrnn.unroll` looks for (``fused = True``: see :mod:`jaxrnn.fused`).
+    Cells are hashable, so they can be closed over or passed as static arguments to
+    ``jax.jit`` without retracing on parameter values.
 
     Attributes:
-      kind: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``.
       hidden_size: ``H``.
-      proj_size: LSTM projection size (0 for none).
+      proj_size: LSTM projection size (0 for none; LSTM only).
       bias: whether the cell has ``b_ih`` and ``b_hh``.
       init_scheme: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for every
         tensor) or ``"orthogonal"`` (orthogonal recurrent weights, Glorot-uniform
         input weights, zero biases).
       forget_bias: if set, LSTM forget-gate biases are initialised so that
-        ``b_if + b_hf`` equals it (``b_hf = 0``), as Keras' ``unit_forget_bias``.
+        ``b_if + b_hf`` equals it (``b_hf = 0``), as Keras' ``unit_forget_bias`` (LSTM only).
       compute_dtype: dtype of the matrix-product operands (float32 or bfloat16).
     """
 
-    kind: str
     hidden_size: int
     proj_size: int = 0
     bias: bool = True
@@ -121,14 +126,31 @@ class Cell:
     forget_bias: Optional[float] = None
     compute_dtype: Any = jnp.float32
 
+    #: The number of gates ``G`` (rows of ``w_ih`` per hidden unit).
+    num_gates: ClassVar[int] = 0
+    #: The params NamedTuple of this cell.
+    params_type: ClassVar[type] = type(None)
+    #: Whether the state is an ``(h, c)`` pair (:class:`LSTMState`).
+    is_lstm: ClassVar[bool] = False
+    #: The capability :func:`jaxrnn.unroll` looks for: this cell runs on the fused path.
+    fused: ClassVar[bool] = True
+    #: Fused path: whether ``h @ w_hh.T`` adds to the input projection before the gate
+    #: arithmetic (RNN, LSTM), or enters it separately (GRU's ``r * (W_hn h + b_hn)``).
+    adds_recurrent_to_input: ClassVar[bool] = True
+    #: Fused path: whether :meth:`pointwise_bwd` reads the new hidden state (``r``).
+    bwd_reads_output: ClassVar[bool] = False
+    #: Fused path: whether the saved activations are one array shaped like the input
+    #: projection, which can be overwritten in place (see :mod:`jaxrnn.tuning`).
+    saves_gate_buffer: ClassVar[bool] = False
+
     def __post_init__(self):
-        if self.kind not in _KINDS:
-            raise ValueError(f"`kind` must be one of {sorted(_KINDS)}; got {self.kind!r}.")
+        if type(self) is Cell:
+            raise TypeError("`Cell` is abstract: build a cell with jaxrnn.rnn, jaxrnn.gru or jaxrnn.lstm.")
         if not isinstance(self.hidden_size, (int, np.integer)) or self.hidden_size < 1:
             raise ValueError(f"`hidden_size` must be a positive int; got {self.hidden_size!r}.")
         if not isinstance(self.proj_size, (int, np.integer)) or self.proj_size < 0:
             raise ValueError(f"`proj_size` must be a non-negative int; got {self.proj_size!r}.")
-        if self.proj_size and self.kind != "lstm":
+        if self.proj_size and not self.is_lstm:
             raise ValueError(f"`proj_size` is only supported by LSTM cells; got kind={self.kind!r}.")
         if self.proj_size >= self.hidden_size and self.proj_size:
             raise ValueError(
@@ -143,21 +165,14 @@ class Cell:
 
     # ------------------------------------------------------------------ sizes
     @property
-    def num_gates(self) -> int:
-        return _KINDS[self.kind]
+    def kind(self) -> str:
+        """``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``."""
+        raise NotImplementedError
 
     @property
     def output_size(self) -> int:
         """Size of ``h`` and of each output ``y``: ``proj_size`` or ``hidden_size``."""
         return self.proj_size or self.hidden_size
-
-    @property
-    def is_lstm(self) -> bool:
-        return self.kind == "lstm"
-
-    @property
-    def params_type(self) -> type:
-        return _PARAMS[self.kind]
 
     def __repr__(self) -> str:
         extra = ""
@@ -205,22 +220,29 @@ class Cell:
             w_hh = jnp.concatenate([orth(k, (H, Ho), dtype) for k in jax.random.split(k_hh, G)], axis=0)
             b_ih, b_hh = jnp.zeros((G * H,), dtype), jnp.zeros((G * H,), dtype)
             w_hr = glorot(k_hr, (Ho, H), dtype) if self.proj_size else None
-        if self.forget_bias is not None and self.is_lstm:
-            b_ih = b_ih.at[H : 2 * H].set(self.forget_bias)
-            b_hh = b_hh.at[H : 2 * H].set(0.0)
+        return self._make_params(w_ih, w_hh, b_ih, b_hh, w_hr)
+
+    def _make_params(self, w_ih, w_hh, b_ih, b_hh, w_hr):
         if not self.bias:
             b_ih = b_hh = None
-        if self.is_lstm:
-            return LSTMParams(w_ih, w_hh, b_ih, b_hh, w_hr)
         return self.params_type(w_ih, w_hh, b_ih, b_hh)
 
     def initial_state(self, batch_shape: Sequence[int] = (), dtype=jnp.float32):
         """Zero state for the given batch shape (``()`` for a single sequence)."""
-        batch_shape = tuple(batch_shape)
-        h = jnp.zeros(batch_shape + (self.output_size,), dtype)
-        if self.is_lstm:
-            return LSTMState(h, jnp.zeros(batch_shape + (self.hidden_size,), dtype))
-        return h
+        return self.from_carry((jnp.zeros(tuple(batch_shape) + (self.output_size,), dtype),))
+
+    # The state as a tuple of arrays (the fused path's carry) and back.
+    def to_carry(self, state) -> tuple:
+        return (state,)
+
+    def from_carry(self, carry: tuple):
+        return carry[0]
+
+    def _state_parts(self, h, name):
+        """``(label, array, feature size)`` for each part of a state ``h``."""
+        if isinstance(h, (tuple, list)):
+            raise TypeError(f"`{name}` must be a single array for a {self.kind} cell; got {_describe(h)}.")
+        return ((name, h, self.output_size),)
 
     # ------------------------------------------------------------- checking
     def check_params(self, params, name: str = "params") -> int:
@@ -266,18 +288,8 @@ class Cell:
         as float arrays."""
         if h is None:
             return self.initial_state(batch_shape, dtype)
-        if self.is_lstm:
-            if not (isinstance(h, (tuple, list)) and len(h) == 2):
-                raise TypeError(
-                    f"`{name}` must be an (h, c) pair (LSTMState) for an LSTM cell; got {_describe(h)}."
-                )
-            parts = ((f"{name}.h", h[0], self.output_size), (f"{name}.c", h[1], self.hidden_size))
-        else:
-            if isinstance(h, (tuple, list)):
-                raise TypeError(f"`{name}` must be a single array for a {self.kind} cell; got {_describe(h)}.")
-            parts = ((name, h, self.output_size),)
         out = []
-        for label, arr, size in parts:
+        for label, arr, size in self._state_parts(h, name):
             if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
                 raise TypeError(f"`{label}` must be an array; got {type(arr).__name__}.")
             want = tuple(batch_shape) + (size,)
@@ -286,7 +298,7 @@ class Cell:
             if not jnp.issubdtype(arr.dtype, jnp.floating):
                 raise TypeError(f"`{label}` must be a floating-point array; got dtype {arr.dtype}.")
             out.append(jnp.asarray(arr))
-        return LSTMState(*out) if self.is_lstm else out[0]
+        return self.from_carry(tuple(out))
 
     # ---------------------------------------------------------- computation
     def project(self, params, xs: Array) -> Array:
@@ -301,15 +313,13 @@ class Cell:
         return gx if b is None else gx + b.astype(acc_dtype(b.dtype))
 
     def input_bias(self, params) -> Optional[Array]:
-        """The biases that can be added to the input projection: ``b_ih + b_hh``, or
-        only ``b_ih`` for GRU (None without biases)."""
-        if not self.bias:
-            return None
-        return params.b_ih if self.kind == "gru" else params.b_ih + params.b_hh
+        """The biases that can be added to the input projection: ``b_ih + b_hh`` (only
+        ``b_ih`` for GRU; None without biases)."""
+        return params.b_ih + params.b_hh if self.bias else None
 
     def recurrent_bias(self, params) -> Optional[Array]:
         """The bias added to ``h @ w_hh.T`` inside the loop (GRU only)."""
-        return params.b_hh if (self.bias and self.kind == "gru") else None
+        return None
 
     def pointwise(self, gx: Array, a: Optional[Array], carry: tuple, *, save: bool = False):
         """Gate arithmetic of one step, given both pre-activations.
@@ -326,39 +336,16 @@ class Cell:
           (``r`` is the new ``h`` for every cell but a projected LSTM); with
           ``save=True``, the pair ``(new, saved)``.
         """
-        H = self.hidden_size
-        if self.kind == "gru":
-            rz = _sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
-            r, z = rz[..., :H], rz[..., H:]
-            a_n = a[..., 2 * H :]
-            n = jnp.tanh(gx[..., 2 * H :] + r * a_n)
-            new = (n + z * (carry[0] - n),)
-            return (new, (rz, n, a_n)) if save else new
-        s = gx if a is None else gx + a
-        if self.kind == "rnn_tanh":
-            return ((jnp.tanh(s),), ()) if save else (jnp.tanh(s),)
-        if self.kind == "rnn_relu":
-            return ((jax.nn.relu(s),), ()) if save else (jax.nn.relu(s),)
-        # All four gate nonlinearities as one tanh over the contiguous [N, 4H] block
-        # (sigmoid(x) = 0.5 * tanh(x / 2) + 0.5): one vectorised pass instead of four
-        # sliced ones, ~3x faster gate arithmetic on XLA:CPU.
-        scale, offset = _lstm_gate_constants(H)
-        act = jnp.tanh(s * scale) * scale + offset
-        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
-        c = f * carry[1] + i * g
-        new = (o * jnp.tanh(c), c)
-        return (new, (act,)) if save else new
+        raise NotImplementedError
 
     def pointwise_bwd(self, saved: tuple, carry: tuple, new: tuple, g_new: tuple):
         """Backward of :meth:`pointwise` from its saved activations.
 
-        Only ``tanh(c_new)`` is recomputed (LSTM); the gate activations are saved.
-
         Args:
           saved: the activations :meth:`pointwise` returned with ``save=True``.
           carry: the previous state, as passed to :meth:`pointwise`.
-          new: the new state :meth:`pointwise` returned (``r`` is only read for RNN
-            cells, ``c_new`` for LSTM); entries that are not read may be None.
+          new: the new state :meth:`pointwise` returned (``r`` is only read when
+            :attr:`bwd_reads_output`, ``c_new`` for LSTM); entries that are not read may be None.
           g_new: cotangents of the new state, ``(g_r,)`` or ``(g_r, g_c)``.
 
         Returns:
@@ -366,47 +353,17 @@ class Cell:
           array for RNN and LSTM) and of the previous state's parts that enter the
           gate arithmetic directly (None where a part does not).
         """
-        if self.kind == "gru":
-            H = self.hidden_size
-            rz, n, a_n = saved
-            r, z = rz[..., :H], rz[..., H:]
-            (g,) = g_new
-            dn = g * (1.0 - z) * (1.0 - n * n)
-            drz = jnp.concatenate([dn * a_n, g * (carry[0] - n)], axis=-1) * (rz - rz * rz)
-            dgx = jnp.concatenate([drz, dn], axis=-1)
-            da = jnp.concatenate([drz, dn * r], axis=-1)
-            return dgx, da, (g * z,)
-        if self.kind == "rnn_tanh":
-            r = new[0]
-            d = g_new[0] * (1.0 - r * r)
-            return d, d, (None,)
-        if self.kind == "rnn_relu":
-            d = jnp.where(new[0] > 0, g_new[0], 0.0)
-            return d, d, (None,)
-        (act,) = saved
-        tc = jnp.tanh(new[1])
-        H = self.hidden_size
-        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
-        g_r, g_c = g_new
-        dc = g_c + g_r * o * (1.0 - tc * tc)
-        dact = jnp.concatenate([dc * g, dc * carry[1], dc * i, g_r * tc], axis=-1)
-        # sigmoid' = a - a^2 (gates i, f, o), tanh' = 1 - a^2 (gate g), in one pass.
-        one, lin = _lstm_deriv_constants(H)
-        d = dact * (one + lin * act - act * act)
-        return d, d, (None, dc * f)
+        raise NotImplementedError
+
+    def recurrent_cotangent(self, dgx: Array, saved: tuple) -> Array:
+        """The cotangent of ``a = h @ w_hh.T (+ b)`` for every step at once, from that of
+        ``gx`` and the saved activations: the same array unless the cell scales part of
+        ``a`` inside the gate arithmetic (GRU)."""
+        return dgx
 
     def step(self, params, h, x: Array):
-        """One time step, ``(params, h, x) -> (h, y)``.
-
-        Equations (PyTorch's), with ``σ`` the logistic sigmoid and ``*`` elementwise:
-
-        * RNN:  ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, ``act`` = tanh or relu.
-        * GRU:  ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``,
-          ``z = σ(W_iz x + b_iz + W_hz h + b_hz)``,
-          ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
-        * LSTM: ``i, f, o = σ(·)``, ``g = tanh(·)`` of ``W_i* x + b_i* + W_h* h + b_h*``,
-          ``c' = f * c + i * g``, ``h' = o * tanh(c')`` (then ``h' = W_hr h'`` with
-          ``proj_size``).
+        """One time step, ``(params, h, x) -> (h, y)``; the equations are in the cell's
+        class docstring (:class:`RNNCell`, :class:`GRUCell`, :class:`LSTMCell`).
 
         Args:
           params: this cell's params.
@@ -421,9 +378,14 @@ class Cell:
         x = check_input(x, input_size, min_rank=1, name="x")
         batch_shape = tuple(x.shape[:-1])
         state = self.check_state(h, batch_shape, dtype=state_dtype(x, params))
-        carry = tuple(state) if self.is_lstm else (state,)
-        new_carry, y = self.cell_update(params, self.project(params, x), carry)
-        return (LSTMState(*new_carry) if self.is_lstm else new_carry[0]), y
+        return self.update(params, state, self.project(params, x))
+
+    def update(self, params, h, gx: Array):
+        """One step from the projected input ``gx = project(params, x)``: ``(h, y)`` (no
+        checks). :func:`jaxrnn.unroll`'s generic path scans this with the projection
+        hoisted, as for any cell with ``project`` and ``update``."""
+        new_carry, y = self.cell_update(params, gx, self.to_carry(h))
+        return self.from_carry(new_carry), y
 
     def cell_update(self, params, gx: Array, carry: tuple):
         """One step from projected input ``gx``: returns ``(new_carry, y)`` (no checks)."""
@@ -438,6 +400,171 @@ class Cell:
         new = (h,) + tuple(new[1:])
         new = tuple(n.astype(c.dtype) for n, c in zip(new, carry))
         return new, new[0]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class RNNCell(Cell):
+    """A vanilla (Elman) RNN cell, ``torch.nn.RNN``'s equations::
+
+        h' = act(W_ih x + b_ih + W_hh h + b_hh),    act = tanh or relu
+
+    Params: :class:`RNNParams` (``G = 1``).
+    """
+
+    nonlinearity: str = "tanh"
+
+    num_gates: ClassVar[int] = 1
+    params_type: ClassVar[type] = RNNParams
+    bwd_reads_output: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"`nonlinearity` must be 'tanh' or 'relu'; got {self.nonlinearity!r}.")
+        super().__post_init__()
+
+    @property
+    def kind(self) -> str:
+        return f"rnn_{self.nonlinearity}"
+
+    def pointwise(self, gx, a, carry, *, save=False):
+        s = gx if a is None else gx + a
+        r = jnp.tanh(s) if self.nonlinearity == "tanh" else jax.nn.relu(s)
+        return ((r,), ()) if save else (r,)
+
+    def pointwise_bwd(self, saved, carry, new, g_new):
+        if self.nonlinearity == "tanh":
+            r = new[0]
+            d = g_new[0] * (1.0 - r * r)
+        else:
+            d = jnp.where(new[0] > 0, g_new[0], 0.0)
+        return d, d, (None,)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class GRUCell(Cell):
+    """A GRU cell with PyTorch's equations (``b_hn`` inside ``r * (W_hn h + b_hn)``), with
+    ``σ`` the logistic sigmoid and ``*`` elementwise::
+
+        r = σ(W_ir x + b_ir + W_hr h + b_hr)
+        z = σ(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    Params: :class:`GRUParams` (``G = 3``, gates r, z, n).
+    """
+
+    num_gates: ClassVar[int] = 3
+    params_type: ClassVar[type] = GRUParams
+    adds_recurrent_to_input: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> str:
+        return "gru"
+
+    def input_bias(self, params):
+        return params.b_ih if self.bias else None
+
+    def recurrent_bias(self, params):
+        return params.b_hh if self.bias else None
+
+    def pointwise(self, gx, a, carry, *, save=False):
+        H = self.hidden_size
+        rz = _sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
+        r, z = rz[..., :H], rz[..., H:]
+        a_n = a[..., 2 * H :]
+        n = jnp.tanh(gx[..., 2 * H :] + r * a_n)
+        new = (n + z * (carry[0] - n),)
+        return (new, (rz, n, a_n)) if save else new
+
+    def pointwise_bwd(self, saved, carry, new, g_new):
+        H = self.hidden_size
+        rz, n, a_n = saved
+        r, z = rz[..., :H], rz[..., H:]
+        (g,) = g_new
+        dn = g * (1.0 - z) * (1.0 - n * n)
+        drz = jnp.concatenate([dn * a_n, g * (carry[0] - n)], axis=-1) * (rz - rz * rz)
+        dgx = jnp.concatenate([drz, dn], axis=-1)
+        da = jnp.concatenate([drz, dn * r], axis=-1)
+        return dgx, da, (g * z,)
+
+    def recurrent_cotangent(self, dgx, saved):
+        # d(a_n) = d(gx_n) * r; the other gates share gx's cotangent.
+        H = self.hidden_size
+        return jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LSTMCell(Cell):
+    """An LSTM cell with PyTorch's equations (gates i, f, g, o), ``σ`` the logistic sigmoid::
+
+        i, f, o = σ(W_i* x + b_i* + W_h* h + b_h*)
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        c' = f * c + i * g
+        h' = o * tanh(c')              (then h' = W_hr h' with proj_size)
+
+    Params: :class:`LSTMParams` (``G = 4``); state: :class:`LSTMState` ``(h, c)``.
+    """
+
+    num_gates: ClassVar[int] = 4
+    params_type: ClassVar[type] = LSTMParams
+    is_lstm: ClassVar[bool] = True
+    saves_gate_buffer: ClassVar[bool] = True
+
+    @property
+    def kind(self) -> str:
+        return "lstm"
+
+    def _make_params(self, w_ih, w_hh, b_ih, b_hh, w_hr):
+        H = self.hidden_size
+        if self.forget_bias is not None:
+            b_ih = b_ih.at[H : 2 * H].set(self.forget_bias)
+            b_hh = b_hh.at[H : 2 * H].set(0.0)
+        if not self.bias:
+            b_ih = b_hh = None
+        return LSTMParams(w_ih, w_hh, b_ih, b_hh, w_hr)
+
+    def initial_state(self, batch_shape: Sequence[int] = (), dtype=jnp.float32):
+        batch_shape = tuple(batch_shape)
+        return LSTMState(jnp.zeros(batch_shape + (self.output_size,), dtype),
+                         jnp.zeros(batch_shape + (self.hidden_size,), dtype))
+
+    def to_carry(self, state) -> tuple:
+        return tuple(state)
+
+    def from_carry(self, carry: tuple):
+        return LSTMState(*carry)
+
+    def _state_parts(self, h, name):
+        if not (isinstance(h, (tuple, list)) and len(h) == 2):
+            raise TypeError(f"`{name}` must be an (h, c) pair (LSTMState) for an LSTM cell; got {_describe(h)}.")
+        return ((f"{name}.h", h[0], self.output_size), (f"{name}.c", h[1], self.hidden_size))
+
+    def pointwise(self, gx, a, carry, *, save=False):
+        H = self.hidden_size
+        s = gx if a is None else gx + a
+        # All four gate nonlinearities as one tanh over the contiguous [N, 4H] block
+        # (sigmoid(x) = 0.5 * tanh(x / 2) + 0.5): one vectorised pass instead of four
+        # sliced ones, ~3x faster gate arithmetic on XLA:CPU.
+        scale, offset = _lstm_gate_constants(H)
+        act = jnp.tanh(s * scale) * scale + offset
+        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
+        c = f * carry[1] + i * g
+        new = (o * jnp.tanh(c), c)
+        return (new, (act,)) if save else new
+
+    def pointwise_bwd(self, saved, carry, new, g_new):
+        # Only tanh(c_new) is recomputed; the gate activations are saved.
+        (act,) = saved
+        tc = jnp.tanh(new[1])
+        H = self.hidden_size
+        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
+        g_r, g_c = g_new
+        dc = g_c + g_r * o * (1.0 - tc * tc)
+        dact = jnp.concatenate([dc * g, dc * carry[1], dc * i, g_r * tc], axis=-1)
+        # sigmoid' = a - a^2 (gates i, f, o), tanh' = 1 - a^2 (gate g), in one pass.
+        one, lin = _lstm_deriv_constants(H)
+        d = dact * (one + lin * act - act * act)
+        return d, d, (None, dc * f)
 
 
 def _sigmoid(x: Array) -> Array:
@@ -500,8 +627,8 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
-def check_input(x, input_size: int, *, min_rank: int, name: str) -> Array:
-    """Checks an input array's type, rank and feature size at trace time."""
+def check_input(x, input_size: Optional[int], *, min_rank: int, name: str, feature_axes: int = 1) -> Array:
+    """Checks an input array's type, rank and feature size (when known) at trace time."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = jnp.asarray(x)
@@ -512,24 +639,13 @@ def check_input(x, input_size: int, *, min_rank: int, name: str) -> Array:
             f"`{name}` must be a floating-point array; got dtype {x.dtype} (cast it, e.g. x.astype(jnp.float32))."
         )
     if x.ndim < min_rank:
-        raise ValueError(f"`{name}` must have rank >= {min_rank} (…, {input_size}); got shape {tuple(x.shape)}.")
-    if x.shape[-1] != input_size:
+        what = f"…, {input_size}" if input_size is not None and feature_axes == 1 else f"…, T, {feature_axes} feature axes"
+        raise ValueError(f"`{name}` must have rank >= {min_rank} ({what}); got shape {tuple(x.shape)}.")
+    if input_size is not None and x.shape[-1] != input_size:
         raise ValueError(
             f"`{name}` must have feature size {input_size} (its last axis); got shape {tuple(x.shape)}."
         )
     return jnp.asarray(x)
-
-
-def _make(kind, hidden_size, *, proj_size=0, bias=True, init="uniform", forget_bias=None, compute_dtype=jnp.float32):
-    return Cell(
-        kind=kind,
-        hidden_size=hidden_size,
-        proj_size=proj_size,
-        bias=bias,
-        init_scheme=init,
-        forget_bias=forget_bias,
-        compute_dtype=compute_dtype,
-    )
 
 
 def rnn(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True, init: str = "uniform",
@@ -551,9 +667,7 @@ def rnn(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True, init
       >>> h.shape
       (2, 8)
     """
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"`nonlinearity` must be 'tanh' or 'relu'; got {nonlinearity!r}.")
-    return _make(f"rnn_{nonlinearity}", hidden_size, bias=bias, init=init, compute_dtype=compute_dtype)
+    return RNNCell(hidden_size, bias=bias, init_scheme=init, compute_dtype=compute_dtype, nonlinearity=nonlinearity)
 
 
 def gru(hidden_size: int, *, bias: bool = True, init: str = "uniform", compute_dtype=jnp.float32) -> Cell:
@@ -566,7 +680,7 @@ def gru(hidden_size: int, *, bias: bool = True, init: str = "uniform", compute_d
       >>> params.w_ih.shape, params.w_hh.shape
       ((48, 4), (48, 16))
     """
-    return _make("gru", hidden_size, bias=bias, init=init, compute_dtype=compute_dtype)
+    return GRUCell(hidden_size, bias=bias, init_scheme=init, compute_dtype=compute_dtype)
 
 
 def lstm(hidden_size: int, *, proj_size: int = 0, bias: bool = True, init: str = "uniform",
@@ -589,5 +703,5 @@ def lstm(hidden_size: int, *, proj_size: int = 0, bias: bool = True, init: str =
       >>> h.shape, c.shape
       ((8,), (8,))
     """
-    return _make("lstm", hidden_size, proj_size=proj_size, bias=bias, init=init, forget_bias=forget_bias,
-                 compute_dtype=compute_dtype)
+    return LSTMCell(hidden_size, proj_size=proj_size, bias=bias, init_scheme=init, forget_bias=forget_bias,
+                    compute_dtype=compute_dtype)

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import scan as _scan
-from jaxrnn.cells import Cell, _describe, check_input, state_dtype
+from jaxrnn.cells import _describe, check_input, state_dtype
+from jaxrnn.contract import feature_axes, missing
 
 Array = jax.Array
 
@@ -126,8 +127,9 @@ class Stack:
         return tuple(states)
 
     # -------------------------------------------------------------- checking
-    def check_params(self, params, name: str = "params") -> int:
-        """Checks ``params`` against this network; returns the input size."""
+    def check_params(self, params, name: str = "params") -> Optional[int]:
+        """Checks ``params`` against this network; returns the input size (None when the
+        first layer's cell cannot tell it: a custom cell without ``check_params``)."""
         if not isinstance(params, StackParams):
             raise TypeError(f"`{name}` must be StackParams for {self!r}; got {type(params).__name__}.")
         if len(params.layers) != self.num_layers:
@@ -137,19 +139,20 @@ class Stack:
         input_size = size = None
         for l, (cell, p) in enumerate(zip(self.cells, params.layers)):
             label = f"{name}.layers[{l}]"
+            check = getattr(cell, "check_params", None)
             if self.bidirectional:
                 if not isinstance(p, Bidirectional):
                     raise TypeError(f"`{label}` must be Bidirectional(forward, backward); got {type(p).__name__}.")
-                sizes = {cell.check_params(p.forward, f"{label}.forward"),
-                         cell.check_params(p.backward, f"{label}.backward")}
+                sizes = {None} if check is None else {check(p.forward, f"{label}.forward"),
+                                                      check(p.backward, f"{label}.backward")}
                 if len(sizes) != 1:
                     raise ValueError(f"`{label}`: forward and backward input sizes differ: {sorted(sizes)}.")
                 got = sizes.pop()
             else:
-                got = cell.check_params(p, label)
+                got = None if check is None else check(p, label)
             if l == 0:
                 input_size = got
-            elif got != size:
+            elif got is not None and size is not None and got != size:
                 raise ValueError(
                     f"`{label}.w_ih` must take the previous layer's {size} features; got input size {got}."
                 )
@@ -180,10 +183,10 @@ class Stack:
             if self.bidirectional:
                 if not (isinstance(s, (tuple, list)) and len(s) == 2):
                     raise TypeError(f"`{name}[{l}]` must be a Bidirectional(forward, backward) pair; got {_describe(s)}.")
-                out.append(Bidirectional(cell.check_state(s[0], batch_shape, f"{name}[{l}].forward"),
-                                         cell.check_state(s[1], batch_shape, f"{name}[{l}].backward")))
+                out.append(Bidirectional(_check_cell_state(cell, s[0], batch_shape, f"{name}[{l}].forward", dtype),
+                                         _check_cell_state(cell, s[1], batch_shape, f"{name}[{l}].backward", dtype)))
             else:
-                out.append(cell.check_state(s, batch_shape, f"{name}[{l}]"))
+                out.append(_check_cell_state(cell, s, batch_shape, f"{name}[{l}]", dtype))
         return tuple(out)
 
     # --------------------------------------------------------------- running
@@ -194,54 +197,79 @@ class Stack:
         xs: Array,
         *,
         seq_lengths: Optional[Array] = None,
+        resets: Optional[Array] = None,
+        reset_state=None,
         key: Optional[Array] = None,
         time_major: bool = False,
         unroll: Optional[int] = None,
         remat: Union[bool, int] = False,
+        hoist: bool = True,
         custom_vjp: bool = True,
+        mode="sequential",
     ):
         """Runs the network over a sequence: ``(params, h, xs) -> (h, ys)``.
 
         Args:
           params: from :meth:`init`.
           h: a tuple of per-layer states, or None for zeros.
-          xs: ``[*batch, T, input_size]`` (``[T, *batch, input_size]`` if ``time_major``).
+          xs: ``[*batch, T, *features]`` (``[T, *batch, *features]`` if ``time_major``).
           seq_lengths: optional ``[*batch]`` integer lengths (see :func:`jaxrnn.unroll`).
+          resets: optional ``[*batch, T]`` boolean segment starts, for every layer and
+            direction (see :func:`jaxrnn.unroll`).
+          reset_state: the state each segment starts from (a tuple like ``h``), or None
+            for zeros.
           key: PRNG key for dropout between layers; None disables dropout.
-          time_major, unroll, remat, custom_vjp: as in :func:`jaxrnn.unroll`.
+          time_major, unroll, remat, hoist, custom_vjp, mode: as in :func:`jaxrnn.unroll`.
 
         Returns:
           ``(h, ys)``: per-layer final states and the outputs of the last layer
           (after the head, if any), ``[*batch, T, output_size]``.
         """
         input_size = self.check_params(params)
-        xs = check_input(xs, input_size, min_rank=2, name="xs")
-        xs_TNI, batch_shape, restore = _scan.to_time_major(xs, time_major)
-        T = xs_TNI.shape[0]
-        lengths = _scan.check_seq_lengths(seq_lengths, batch_shape, T)
+        F = self.num_feature_axes
+        xs = check_input(xs, input_size, min_rank=F + 1, name="xs", feature_axes=F)
+        xs_T, batch_shape, restore = _scan.to_time_major(xs, time_major, F, flatten=F == 1)
+        T = xs_T.shape[0]
+        lengths = _scan.check_seq_lengths(seq_lengths, batch_shape, T, flatten=F == 1)
+        resets_T = _scan.check_resets(resets, batch_shape, T, time_major)
         states = self.check_state(h, batch_shape, dtype=state_dtype(xs, params))
+        resets_states = None
+        if resets_T is not None:
+            resets_T = resets_T.reshape(xs_T.shape[: xs_T.ndim - F])
+            if reset_state is not None:
+                resets_states = self.check_state(reset_state, batch_shape, "reset_state",
+                                                 dtype=state_dtype(xs, params))
+        flat = lambda s: jax.tree.map(lambda a: a.reshape(xs_T.shape[1:xs_T.ndim - F] + a.shape[len(batch_shape):]), s)
         if key is not None and self.dropout > 0:
             keys = list(jax.random.split(key, self.num_layers))
         else:
             keys = None
-        opts = dict(unroll=unroll, remat=remat, custom_vjp=custom_vjp)
-        new_states, ys = [], xs_TNI
+        opts = dict(lengths=lengths, resets=resets_T, unroll=unroll, remat=remat, hoist=hoist,
+                    custom_vjp=custom_vjp, mode=mode)
+        unflat = lambda s: jax.tree.map(lambda a: a.reshape(tuple(batch_shape) + a.shape[xs_T.ndim - F - 1:]), s)
+        new_states, ys = [], xs_T
         for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
+            rs = None if resets_states is None else resets_states[l]
             if self.bidirectional:
-                cf, yf = _scan.run(cell, p.forward, _scan.flatten_state(cell, s.forward), ys, lengths, **opts)
-                cb, yb = _scan.run(cell, p.backward, _scan.flatten_state(cell, s.backward), ys, lengths,
-                                   reverse=True, **opts)
-                new_states.append(Bidirectional(_scan.unflatten_state(cell, cf, batch_shape),
-                                                _scan.unflatten_state(cell, cb, batch_shape)))
+                cf, yf = _scan.run(cell, p.forward, flat(s.forward), ys, **opts,
+                                   reset_state=None if rs is None else flat(rs.forward))
+                cb, yb = _scan.run(cell, p.backward, flat(s.backward), ys, reverse=True, **opts,
+                                   reset_state=None if rs is None else flat(rs.backward))
+                new_states.append(Bidirectional(unflat(cf), unflat(cb)))
                 ys = jnp.concatenate([yf, yb], axis=-1)
             else:
-                c, ys = _scan.run(cell, p, _scan.flatten_state(cell, s), ys, lengths, **opts)
-                new_states.append(_scan.unflatten_state(cell, c, batch_shape))
+                c, ys = _scan.run(cell, p, flat(s), ys, **opts, reset_state=None if rs is None else flat(rs))
+                new_states.append(unflat(c))
             if keys is not None and l < self.num_layers - 1:
                 ys = _dropout(keys[l], ys, self.dropout)
         if params.head is not None:
             ys = dense(params.head, ys)
         return tuple(new_states), restore(ys)
+
+    @property
+    def num_feature_axes(self) -> int:
+        """Feature axes of the network's input: the first layer's cell's."""
+        return feature_axes(self.cells[0], None)
 
     def step(self, params: StackParams, h, x: Array, *, key: Optional[Array] = None):
         """One time step through every layer, ``(params, h, x) -> (h, y)``.
@@ -252,20 +280,41 @@ class Stack:
         if self.bidirectional:
             raise ValueError("`step` needs a unidirectional stack: a backward direction needs the whole sequence.")
         input_size = self.check_params(params)
-        x = check_input(x, input_size, min_rank=1, name="x")
-        batch_shape = tuple(x.shape[:-1])
+        F = self.num_feature_axes
+        x = check_input(x, input_size, min_rank=F, name="x", feature_axes=F)
+        batch_shape = tuple(x.shape[: x.ndim - F])
         states = self.check_state(h, batch_shape, dtype=state_dtype(x, params))
         keys = list(jax.random.split(key, self.num_layers)) if (key is not None and self.dropout > 0) else None
         new_states, y = [], x
         for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
-            carry = tuple(s) if cell.is_lstm else (s,)
-            carry, y = cell.cell_update(p, cell.project(p, y), carry)
-            new_states.append(type(s)(*carry) if cell.is_lstm else carry[0])
+            if hasattr(cell, "project") and hasattr(cell, "update"):
+                s, y = cell.update(p, s, cell.project(p, y))
+            else:
+                s, y = cell.step(p, s, y)
+            new_states.append(s)
             if keys is not None and l < self.num_layers - 1:
                 y = _dropout(keys[l], y, self.dropout)
         if params.head is not None:
             y = dense(params.head, y)
         return tuple(new_states), y
+
+
+def _check_cell_state(cell, s, batch_shape, name, dtype):
+    """A layer's state checked by its cell (built-in cells), or against the structure and
+    shapes of the cell's initial state (any cell); None gives the initial state."""
+    if hasattr(cell, "check_state"):
+        return cell.check_state(s, batch_shape, name, dtype=dtype)
+    want = cell.initial_state(batch_shape, dtype)
+    if s is None:
+        return want
+    if jax.tree.structure(s) != jax.tree.structure(want):
+        raise TypeError(f"`{name}` must have the structure of {cell!r}'s state, {jax.tree.structure(want)}; "
+                        f"got {jax.tree.structure(s)}.")
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(want)):
+        if tuple(getattr(a, "shape", ())) != tuple(b.shape):
+            raise ValueError(f"`{name}` leaves must have shapes {[tuple(x.shape) for x in jax.tree.leaves(want)]}; "
+                             f"got {[tuple(getattr(x, 'shape', ())) for x in jax.tree.leaves(s)]}.")
+    return s
 
 
 def dense(params: DenseParams, x: Array) -> Array:
@@ -279,7 +328,7 @@ def _dropout(key, x, rate):
 
 
 def stack(
-    cells: Union[Cell, Sequence[Cell]],
+    cells,
     *,
     num_layers: Optional[int] = None,
     bidirectional: bool = False,
@@ -304,7 +353,7 @@ def stack(
       >>> ys.shape, len(h)
       ((2, 7, 3), 2)
     """
-    if isinstance(cells, Cell):
+    if callable(getattr(cells, "step", None)) or callable(cells):
         cells = (cells,) * (1 if num_layers is None else int(num_layers))
     else:
         cells = tuple(cells)
@@ -313,8 +362,17 @@ def stack(
     if not cells:
         raise ValueError("`cells` must hold at least one cell.")
     for i, c in enumerate(cells):
-        if not isinstance(c, Cell):
-            raise TypeError(f"`cells[{i}]` must be a jaxrnn Cell; got {type(c).__name__}.")
+        if not callable(getattr(c, "step", None)):
+            what = "a plain function" if callable(c) else type(c).__name__
+            raise TypeError(
+                f"`cells[{i}]` must be a cell object with `step`, `init`, `initial_state` and `output_size` "
+                f"(jaxrnn.rnn/gru/lstm, a jaxrnn.zoo cell, your own); got {what}.")
+        lacking = missing(c, ("init", "initial_state", "output_size"))
+        if lacking:
+            raise TypeError(f"`cells[{i}]` ({c!r}) lacks {', '.join('`' + m + '`' for m in lacking)}: "
+                            f"a stack needs them to build its params and zero states.")
+    if len({feature_axes(c, None) for c in cells}) != 1:
+        raise ValueError("`cells` must all take inputs with the same number of feature axes.")
     if not (0.0 <= float(dropout) < 1.0):
         raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
     if head is not None and (not isinstance(head, (int, np.integer)) or head < 1):

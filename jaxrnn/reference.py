@@ -21,7 +21,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import Cell, state_dtype
+from jaxrnn.cells import state_dtype
+from jaxrnn.contract import as_cell
 from jaxrnn.layers import Bidirectional, Stack, StackParams, dense
 
 Array = jax.Array
@@ -30,28 +31,38 @@ __all__ = ["python_unroll", "python_stack"]
 
 
 def python_unroll(
-    cell: Cell,
+    cell,
     params,
     h,
     xs: Array,
     *,
     seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    reset_state=None,
     reverse: bool = False,
     time_major: bool = False,
+    num_feature_axes: int = 1,
 ):
     """:func:`jaxrnn.unroll` as a Python loop of :meth:`Cell.step` calls.
 
     Args:
-      cell: a :class:`jaxrnn.Cell`.
+      cell: any cell: a :class:`jaxrnn.Cell`, an object with ``step``, or a plain
+        function ``step(params, h, x) -> (h, y)``.
       params: the cell's params.
-      h: initial state ``[*batch, H_out]`` (``(h, c)`` for LSTM), or None for zeros.
-      xs: ``[*batch, T, input_size]`` (``[T, *batch, input_size]`` if ``time_major``;
-        ``[T, input_size]`` for a single sequence).
+      h: initial state ``[*batch, H_out]`` (``(h, c)`` for LSTM), or None for the cell's
+        initial state.
+      xs: ``[*batch, T, *features]`` (``[T, *batch, *features]`` if ``time_major``;
+        ``[T, *features]`` for a single sequence).
       seq_lengths: optional integer lengths, shape ``[*batch]``. Past its length a
         sequence's state is frozen and its outputs are zero.
+      resets: optional boolean ``[*batch, T]`` (``[T, *batch]`` if ``time_major``):
+        where a new segment starts, the state entering the step is ``reset_state``
+        (zeros when None); in reverse, the state entering step ``t`` is reset when
+        ``resets[t + 1]`` (the later step started a segment).
       reverse: walk each sequence from its last valid step back to its first; the
         output of step ``t`` is written at position ``t``.
-      time_major: layout of ``xs`` and ``ys``.
+      time_major: layout of ``xs``, ``ys`` and ``resets``.
+      num_feature_axes: trailing feature axes of ``xs``.
 
     Returns:
       ``(h, ys)`` with the same shapes and meaning as :func:`jaxrnn.unroll`.
@@ -68,32 +79,44 @@ def python_unroll(
       >>> bool(jnp.allclose(ys, ys2, atol=1e-5)), bool(jnp.allclose(h, h2, atol=1e-5))
       (True, True)
     """
+    cell = as_cell(cell)
+    F = num_feature_axes
     xs = jnp.asarray(xs)
-    if xs.ndim < 2:
-        raise ValueError(f"`xs` must have rank >= 2 ([T, input_size] at least); got shape {tuple(xs.shape)}.")
-    # Time on axis 0: [T, *batch, I].
-    xs_T = xs if (time_major or xs.ndim == 2) else jnp.moveaxis(xs, -2, 0)
-    T, batch_shape = xs_T.shape[0], tuple(xs_T.shape[1:-1])
+    if xs.ndim < F + 1:
+        raise ValueError(f"`xs` must have rank >= {F + 1} ([T, *features] at least); got shape {tuple(xs.shape)}.")
+    nb = xs.ndim - 1 - F
+    # Time on axis 0: [T, *batch, *features].
+    xs_T = xs if (time_major or nb == 0) else jnp.moveaxis(xs, nb, 0)
+    T, batch_shape = xs_T.shape[0], tuple(xs_T.shape[1:1 + nb])
     state = cell.initial_state(batch_shape, state_dtype(xs, params)) if h is None else h
-    mask_shape = batch_shape + (1,)
     lengths = None if seq_lengths is None else jnp.asarray(seq_lengths)
+    if resets is not None:
+        resets = jnp.asarray(resets, bool)
+        resets = resets if (time_major or nb == 0) else jnp.moveaxis(resets, -1, 0)
+        reset = jax.tree.map(jnp.zeros_like, state) if reset_state is None else reset_state
+
+    def where(valid, a, b):  # valid: [*batch], a and b leaves [*batch, ...]
+        return jax.tree.map(lambda x, y: jnp.where(jnp.reshape(valid, valid.shape + (1,) * (x.ndim - nb)), x, y),
+                            a, b)
 
     ys = [None] * T
     for t in (reversed(range(T)) if reverse else range(T)):
+        inside = jnp.ones(batch_shape, bool) if lengths is None else t < lengths
+        if resets is not None:
+            s = t + 1 if reverse else t
+            if s < T:
+                starts = resets[s] & (s < lengths if lengths is not None else True)
+                state = where(starts, jax.tree.map(lambda r, x: jnp.broadcast_to(r, x.shape), reset, state), state)
         new_state, y = cell.step(params, state, xs_T[t])
-        if lengths is None:
-            state = new_state
-        else:
-            valid = jnp.reshape(t < lengths, mask_shape)
-            state = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_state, state)
-            y = jnp.where(valid, y, jnp.zeros_like(y))
+        state = where(inside, new_state, state)
+        y = jnp.where(jnp.reshape(inside, batch_shape + (1,) * (y.ndim - nb)), y, jnp.zeros_like(y))
         ys[t] = y
     if T:
         ys_T = jnp.stack(ys)
     else:
-        leaf = jax.tree.leaves(state)[0]
-        ys_T = jnp.zeros((0,) + batch_shape + (cell.output_size,), leaf.dtype)
-    ys_out = ys_T if (time_major or xs.ndim == 2) else jnp.moveaxis(ys_T, 0, -2)
+        y = jax.eval_shape(cell.step, params, state, jnp.zeros(xs_T.shape[1:], xs_T.dtype))[1]
+        ys_T = jnp.zeros((0,) + y.shape, y.dtype)
+    ys_out = ys_T if (time_major or nb == 0) else jnp.moveaxis(ys_T, 0, nb)
     return state, ys_out
 
 
@@ -104,6 +127,7 @@ def python_stack(
     xs: Array,
     *,
     seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
     time_major: bool = False,
 ):
     """A :class:`jaxrnn.Stack` without dropout, layer by layer with :func:`python_unroll`.
@@ -140,7 +164,7 @@ def python_stack(
         batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
         h = net.initial_state(batch_shape, state_dtype(xs, params))
     states = tuple(h)
-    opts = dict(seq_lengths=seq_lengths, time_major=time_major)
+    opts = dict(seq_lengths=seq_lengths, resets=resets, time_major=time_major)
     new_states, ys = [], xs
     for cell, p, s in zip(net.cells, params.layers, states):
         if net.bidirectional:

@@ -1,20 +1,10 @@
 """Running a cell over a sequence with ``jax.lax.scan``.
 
-An unroll is, in pseudo-code (``seq_lengths`` and ``reverse`` aside)::
+An unroll is, in pseudo-code (``seq_lengths``, ``resets`` and ``reverse`` aside)::
 
     for t in range(T):
         h, ys[t] = cell.step(params, h, xs[t])
     return h, ys
-
-Two things make it fast, as in cuDNN:
-
-* the input projection ``xs @ w_ih.T + b`` for every gate and every time step is one
-  matrix product over the whole sequence, outside the loop; the loop body does only
-  ``h @ w_hh.T`` and the gate arithmetic;
-* the gradient is a custom VJP: the backward loop carries only the state gradients
-  and emits the per-step gate gradients; ``dW_hh`` is then one matrix product over
-  the whole sequence, outside the loop (autodiff of a scan would accumulate a small
-  matrix product per step instead).
 
 ``seq_lengths`` (right-padded batches)::
 
@@ -27,84 +17,115 @@ Two things make it fast, as in cuDNN:
 (``for t in reversed(range(T))`` with the same masking, so padding never enters
 first) and writes ``ys[t]`` at the input's position ``t``. A zero-length sequence
 returns its initial state and all-zero outputs.
+
+``resets`` (episode boundaries: ``resets[t]`` True means ``xs[t]`` starts a new segment)::
+
+    for t in range(T):
+        if resets[t] and t < seq_lengths:
+            h = reset_state                       # zeros (the cell's zero state) by default
+        h, ys[t] = cell.step(params, h, xs[t])    # (with the masking above)
+
+so each segment gives exactly what running it alone from the reset state gives, and no
+gradient crosses a boundary. With ``reverse=True`` each segment runs backwards and never
+carries state across a boundary: the segment processed first (the last in time) starts
+from ``h``, every other one from the reset state (the state entering step ``t`` is reset
+when ``resets[t + 1]``).
+
+Two paths compute this, with identical results:
+
+* the **generic path**, below, for every cell: a ``lax.scan`` of the cell's step (or of
+  its ``update`` after one ``project`` over the whole sequence; or of the part of a plain
+  step function that depends on ``h``, after everything that depends only on ``x`` has
+  been computed for every step at once: :mod:`jaxrnn.hoist`), masked as above;
+* the **fused path** (:mod:`jaxrnn.fused`) for the built-in cells: the same loop with
+  a cuDNN-style custom VJP and backend tuning (:mod:`jaxrnn.tuning`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import (Cell, LSTMState, _matmul, _matmul_untransposed, acc_dtype, check_input, operand_dtypes,
-                          state_dtype)
+from jaxrnn import fused, hoist as _hoist, tuning
+from jaxrnn.cells import _describe, check_input, state_dtype
+from jaxrnn.contract import as_cell, feature_axes, missing
+from jaxrnn.tuning import default_unroll
 
 Array = jax.Array
 
 __all__ = ["unroll", "default_unroll"]
 
-
-def default_unroll(backend: Optional[str] = None) -> int:
-    """The scan ``unroll`` factor used when ``unroll=None``, chosen by measurement.
-
-    ``benchmarks/unroll_sweep.py`` times LSTM and GRU fwd+bwd at unroll 1-32 and
-    picks the smallest unroll within 3% of the fastest (geometric mean over cases):
-
-    * on an H100, 8: 0.585x the time of unroll 1 (16: 0.587x, 32: 0.601x), over
-      B64 T512 H512, B16 T256 H256 and B1 T1000 H128. A loop iteration costs a few
-      microseconds there, which unrolling amortises;
-    * on a 2-core CPU, 1: unroll 2 was 1.04x, 4 1.09x, 8 1.15x and 32 1.47x the time,
-      over B32 T128 H256 and B1 T1000 H128. A loop iteration costs ~0.06 µs there,
-      and unrolling only grows the program.
-
-    TPUs take the GPU's 8, which is unmeasured there. Override with ``unroll=``.
-    """
-    backend = backend or jax.default_backend()
-    return 1 if backend == "cpu" else 8
+_MODES = ("sequential", "associative", "chunked", "auto", "newton")
 
 
 def unroll(
-    cell: Cell,
+    cell,
     params,
     h,
     xs: Array,
     *,
     seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    reset_state=None,
     reverse: bool = False,
     time_major: bool = False,
     unroll: Optional[int] = None,
     remat: Union[bool, int] = False,
+    hoist: bool = True,
+    num_feature_axes: Optional[int] = None,
     custom_vjp: bool = True,
+    mode="sequential",
+    chunk_size: Optional[int] = None,
 ):
     """Runs ``cell`` over a sequence: ``(params, h, xs) -> (h, ys)``.
 
     Args:
-      cell: a :class:`jaxrnn.Cell` (from ``jaxrnn.rnn/gru/lstm``).
+      cell: a cell (see :mod:`jaxrnn.contract`): a built-in ``jaxrnn.rnn/gru/lstm``, a
+        ``jaxrnn.zoo`` cell, your own object with ``step`` (and ``init``,
+        ``initial_state``, ``output_size``), or a plain function
+        ``step(params, h, x) -> (h, y)``.
       params: the cell's params.
-      h: initial state ``[*batch, H_out]`` (``(h, c)`` for LSTM), or None for zeros.
-      xs: inputs, ``[*batch, T, input_size]`` (or ``[T, *batch, input_size]`` with
-        ``time_major=True``); ``[T, input_size]`` for a single sequence.
+      h: initial state (leaves ``[*batch, ...]``; ``(h, c)`` for LSTM), or None for the
+        cell's initial state (zeros); a plain function needs ``h``.
+      xs: inputs, ``[*batch, T, *features]`` (or ``[T, *batch, *features]`` with
+        ``time_major=True``); ``[T, *features]`` for a single sequence. ``features`` is
+        one axis (``input_size``) unless ``num_feature_axes`` says otherwise.
       seq_lengths: optional integer lengths of shape ``[*batch]`` for right-padded
         batches. Values are checked to lie in ``[0, T]`` when they are concrete;
         under ``jit`` a length above ``T`` acts as ``T`` and a negative one as 0.
+      resets: optional boolean ``[*batch, T]`` (``[T, *batch]`` with ``time_major``):
+        True at step ``t`` means ``x_t`` starts a new segment (see the module doc).
+      reset_state: the state a segment starts from after a reset (a pytree like ``h``,
+        leaves broadcastable to its leaves); None for the cell's zero state.
       reverse: run from the end of each sequence to its start (see module doc).
-      time_major: layout of ``xs`` and ``ys``.
+      time_major: layout of ``xs``, ``ys`` and ``resets``.
       unroll: scan unroll factor; None picks :func:`default_unroll` for the backend.
       remat: gradient checkpointing for long sequences: True splits time into
         chunks of ``ceil(sqrt(T))`` steps (an int sets the chunk length); only the
         state at chunk boundaries is kept for the backward pass, and each chunk's
         forward is recomputed.
-      custom_vjp: use the fused backward pass (weight gradients outside the loop).
-        Set False to differentiate the scan with plain autodiff, e.g. for
-        forward-mode ``jax.jvp``/``jax.jacfwd``.
+      hoist: for cells without ``project``/``update``, compute the part of the step
+        that depends on ``x`` but not on ``h`` for every step at once, outside the loop
+        (:mod:`jaxrnn.hoist`); False scans the step as written. Same results either way.
+      num_feature_axes: trailing feature axes of ``xs`` (default: the cell's
+        ``num_feature_axes``, else 1), e.g. 3 for ``[*batch, T, H, W, C]`` frames.
+      custom_vjp: built-in cells: use the fused backward pass (weight gradients
+        outside the loop). Set False to differentiate the scan with plain autodiff,
+        e.g. for forward-mode ``jax.jvp``/``jax.jacfwd``.
+      mode: ``"sequential"`` (a scan); ``"associative"`` or ``"chunked"`` for cells
+        with a parallel form (``parallel_unroll``: ``jaxrnn.zoo`` minGRU, minLSTM, LRU);
+        ``"auto"`` picks by backend and ``T``; ``"newton"`` (or a
+        ``jaxrnn.newton.Newton(...)`` of options) evaluates any cell by Newton's method
+        over the whole trajectory (:mod:`jaxrnn.newton`).
+      chunk_size: the chunk length of ``mode="chunked"``.
 
     Returns:
       ``(h, ys)``: the final state (at each sequence's true length) and all outputs,
-      ``[*batch, T, H_out]`` (or time-major), zero past each length.
+      ``[*batch, T, F]`` (or time-major), zero past each length.
 
     Raises:
       TypeError, ValueError: at trace time, naming the offending argument.
@@ -119,31 +140,321 @@ def unroll(
       ((2, 8), (2, 5, 8))
       >>> bool((ys[1, 2:] == 0).all())
       True
+
+      A plain function is a cell too:
+
+      >>> def step(p, h, x):
+      ...     h = jnp.tanh(x @ p["w"] + h @ p["u"])
+      ...     return h, h
+      >>> p = {"w": jnp.ones((3, 4)) * 0.1, "u": jnp.eye(4) * 0.5}
+      >>> h, ys = jaxrnn.unroll(step, p, jnp.zeros((2, 4)), xs, resets=jnp.zeros((2, 5), bool))
+      >>> ys.shape
+      (2, 5, 4)
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"`cell` must be a jaxrnn Cell (jaxrnn.rnn/gru/lstm); got {type(cell).__name__}.")
+    cell = as_cell(cell)
+    if getattr(cell, "bidirectional", False):
+        raise TypeError(f"`cell` must run one step at a time; {cell!r} is a bidirectional network: "
+                        f"call it as net(params, h, xs).")
+    mode = _check_mode(mode)
+    if getattr(cell, "fused", False) and mode == "sequential":
+        return _unroll_fused(cell, params, h, xs, seq_lengths=seq_lengths, resets=resets, reset_state=reset_state,
+                             reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
+                             custom_vjp=custom_vjp)
+    F = feature_axes(cell, num_feature_axes)
+    input_size = cell.check_params(params) if hasattr(cell, "check_params") else None
+    xs = check_input(xs, input_size, min_rank=F + 1, name="xs", feature_axes=F)
+    xs_T, batch_shape, restore = to_time_major(xs, time_major, F, flatten=False)
+    T = xs_T.shape[0]
+    lengths = check_seq_lengths(seq_lengths, batch_shape, T, flatten=False)
+    resets_T = check_resets(resets, batch_shape, T, time_major)
+    h = resolve_state(cell, params, h, xs, batch_shape)
+    if T:
+        check_step(cell, params, h, xs_T[0], batch_shape)
+    reset = resolve_reset_state(cell, reset_state, h, batch_shape) if resets_T is not None else None
+    h, ys_T = run(cell, params, h, xs_T, lengths=lengths, resets=resets_T, reset_state=reset, reverse=reverse,
+                  unroll=unroll, remat=remat, hoist=hoist, custom_vjp=custom_vjp, mode=mode,
+                  chunk_size=chunk_size)
+    return h, restore(ys_T)
+
+
+def _check_mode(mode):
+    if isinstance(mode, str):
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES} or a jaxrnn.newton.Newton; got {mode!r}.")
+        return mode
+    if type(mode).__name__ == "Newton":
+        return mode
+    raise TypeError(f"`mode` must be one of {_MODES} or a jaxrnn.newton.Newton; got {type(mode).__name__}.")
+
+
+def run(cell, params, h, xs_T, *, lengths=None, resets=None, reset_state=None, reverse=False, unroll=None,
+        remat=False, hoist=True, custom_vjp=True, mode="sequential", chunk_size=None):
+    """The unchecked core of :func:`unroll`, shared with :class:`jaxrnn.Stack`: ``h`` a state
+    (never None), ``xs_T`` time-major ``[T, *batch, *features]``, ``lengths`` ``[*batch]``
+    int32 or None, ``resets`` ``[T, *batch]`` bool (the user's meaning) or None,
+    ``reset_state`` a state like ``h`` or None. Returns ``(h, ys_T)``, time-major."""
+    if mode == "auto":
+        mode = _auto_mode(cell, xs_T.shape[0])
+    if not isinstance(mode, str) or mode == "newton":
+        from jaxrnn import newton
+
+        options = newton.Newton() if isinstance(mode, str) else mode
+        return newton.newton_run(cell, params, h, xs_T, seq_lengths=lengths, resets=resets,
+                                 reset_state=reset_state, reverse=reverse, options=options)
+    if mode in ("associative", "chunked"):
+        if not hasattr(cell, "parallel_unroll"):
+            raise ValueError(
+                f"`mode={mode!r}` needs a cell whose recurrence is linear in h (one with `parallel_unroll`, "
+                f"e.g. jaxrnn.zoo.MinGRU, MinLSTM, LRU); {cell!r} has none: use mode='newton' for others.")
+        return cell.parallel_unroll(params, h, xs_T, seq_lengths=lengths, resets=resets, reset_state=reset_state,
+                                    reverse=reverse, mode=mode, chunk_size=chunk_size)
+    flags = reset_flags(resets, lengths, reverse)
+    if getattr(cell, "fused", False):
+        batch_shape = xs_T.shape[1:-1]
+        flat = lambda a: None if a is None else a.reshape((a.shape[0], -1))
+        carry = tuple(c.reshape((-1, c.shape[-1])) for c in cell.to_carry(h))
+        reset = None
+        if reset_state is not None:
+            reset = tuple(jnp.broadcast_to(r, c.shape).reshape((-1, c.shape[-1]))
+                          for r, c in zip(cell.to_carry(reset_state), cell.to_carry(h)))
+        xs_TNI = xs_T.reshape((xs_T.shape[0], -1, xs_T.shape[-1]))
+        carry, ys = fused.run(cell, params, carry, xs_TNI, None if lengths is None else lengths.reshape(-1),
+                              flags=flat(flags), reset=reset, reverse=reverse, unroll=unroll, remat=remat,
+                              custom_vjp=custom_vjp)
+        h = cell.from_carry(tuple(c.reshape(tuple(batch_shape) + c.shape[-1:]) for c in carry))
+        return h, ys.reshape(ys.shape[:1] + tuple(batch_shape) + ys.shape[-1:])
+    return _generic(cell, params, h, xs_T, lengths, flags, reset_state, reverse=reverse, unroll=unroll,
+                    remat=remat, hoist=hoist)
+
+
+def _auto_mode(cell, T: int) -> str:
+    if not hasattr(cell, "parallel_unroll"):
+        return "sequential"
+    from jaxrnn import linear
+
+    return linear.auto_mode(T)
+
+
+# --------------------------------------------------------------------------- the generic path
+
+
+def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, remat, hoist):
+    """Any cell over ``xs_T`` (``[T, *batch, *features]``), as the module docstring reads.
+
+    The step is one of: ``update`` after ``project`` over the whole sequence (cells that
+    offer both), the ``h``-dependent part of ``step`` after its ``x``-only part over the
+    whole sequence (:mod:`jaxrnn.hoist`), or ``step`` itself. The loop then resets, steps
+    and masks.
+    """
+    T = xs_T.shape[0]
+    unroll = default_unroll() if unroll is None else int(unroll)
+    if unroll < 1:
+        raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
+    step, inputs = _plan(cell, params, h, xs_T, hoist)
+    mask = None if lengths is None else jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) < lengths
+
+    def body(h, inp):
+        u_t, m_t, r_t = inp
+        if r_t is not None:
+            h = _tree_where(r_t, reset, h)
+        h_new, y = step(h, u_t)
+        if m_t is not None:
+            h_new = _tree_where(m_t, h_new, h)
+            y = jnp.where(_expand(m_t, y), y, jnp.zeros_like(y))
+        return h_new, y
+
+    if T == 0:
+        y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: a[0], _zeros_like_step(inputs))))[1]
+        return h, jnp.zeros((0,) + y.shape, y.dtype)
+    if not remat:
+        return jax.lax.scan(body, h, (inputs, mask, flags), reverse=reverse, unroll=unroll)
+    K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
+    if K < 1:
+        raise ValueError(f"`remat` must be True, False or a positive chunk length; got {remat}.")
+    n = -(-T // K)
+    if n * K != T:  # padded steps are masked out
+        if mask is None:  # a time-only mask, which broadcasts against every leaf
+            mask = jnp.ones((T,), bool)
+        pad = lambda a: jnp.concatenate([a, jnp.zeros((n * K - T,) + a.shape[1:], a.dtype)])
+        inputs, mask, flags = jax.tree.map(pad, (inputs, mask, flags))
+    chunks = jax.tree.map(lambda a: a.reshape((n, K) + a.shape[1:]), (inputs, mask, flags))
+
+    @jax.checkpoint
+    def chunk(h, inp):
+        return jax.lax.scan(body, h, inp, reverse=reverse, unroll=unroll)
+
+    h, ys = jax.lax.scan(chunk, h, chunks, reverse=reverse)
+    return h, ys.reshape((n * K,) + ys.shape[2:])[:T]
+
+
+def _zeros_like_step(inputs):
+    return jax.tree.map(lambda a: jnp.zeros((1,) + a.shape[1:], a.dtype), inputs)
+
+
+def _plan(cell, params, h, xs_T, hoist: bool):
+    """``(step(h, u_t) -> (h, y), inputs)``: what the loop runs and what it reads each step."""
+    if hasattr(cell, "project") and hasattr(cell, "update"):
+        return (lambda h, g: cell.update(params, h, g)), cell.project(params, xs_T)
+    if hoist and xs_T.shape[0] > 0:
+        parts = _hoist.split(cell.step, params, h, xs_T[0])
+        if parts is not None:
+            c = parts.constants(params)
+            return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, xs_T)
+    return (lambda h, x: cell.step(params, h, x)), xs_T
+
+
+def _expand(m, a):
+    """A ``[*batch]`` mask broadcastable against ``a`` (``[*batch, ...]``)."""
+    return m.reshape(m.shape + (1,) * (a.ndim - m.ndim))
+
+
+def _tree_where(m, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(_expand(m, x), x, y), a, b)
+
+
+# --------------------------------------------------------------------------- the fused path (built-in cells)
+
+
+def _unroll_fused(cell, params, h, xs, *, seq_lengths, resets, reset_state, reverse, time_major, unroll, remat,
+                  custom_vjp):
     input_size = cell.check_params(params)
     xs = check_input(xs, input_size, min_rank=2, name="xs")
     xs_TNI, batch_shape, restore = to_time_major(xs, time_major)
     T = xs_TNI.shape[0]
     lengths = check_seq_lengths(seq_lengths, batch_shape, T)
     state = cell.check_state(h, batch_shape, dtype=state_dtype(xs, params))
-    carry = flatten_state(cell, state)
-    # Batch-major inputs are handed over as they are, [N, T, I]; run decides (see there).
+    carry = tuple(p.reshape(-1, p.shape[-1]) for p in cell.to_carry(state))
+    resets_T = check_resets(resets, batch_shape, T, time_major)
+    flags = reset = None
+    if resets_T is not None:
+        flags = reset_flags(resets_T.reshape((T, -1)), lengths, reverse)
+        if reset_state is not None:
+            reset = tuple(r.reshape(-1, r.shape[-1]) for r in
+                          cell.to_carry(resolve_reset_state(cell, reset_state, state, batch_shape)))
+    # Batch-major inputs are handed over as they are, [N, T, I]; fused.run decides (see there).
     batch_major = not time_major and xs.ndim > 2
     xs_in = xs.reshape((math.prod(batch_shape),) + xs.shape[-2:]) if batch_major else xs_TNI
-    carry, ys = run(cell, params, carry, xs_in, lengths, reverse=reverse, unroll=unroll, remat=remat,
-                    custom_vjp=custom_vjp, batch_major=batch_major)
-    return unflatten_state(cell, carry, batch_shape), restore(ys)
+    carry, ys = fused.run(cell, params, carry, xs_in, lengths, flags=flags, reset=reset, reverse=reverse,
+                          unroll=unroll, remat=remat, custom_vjp=custom_vjp, batch_major=batch_major)
+    state = cell.from_carry(tuple(c.reshape(tuple(batch_shape) + c.shape[-1:]) for c in carry))
+    return state, restore(ys)
 
 
-# --------------------------------------------------------------------------- layout
+# --------------------------------------------------------------------------- resets
 
 
-def to_time_major(xs: Array, time_major: bool):
-    """``xs -> ([T, N, I], batch_shape, restore)`` where ``restore`` maps ``[T, N, F]`` back."""
+def reset_flags(resets_T: Optional[Array], lengths: Optional[Array], reverse: bool) -> Optional[Array]:
+    """Where the state entering each step is the reset state: ``[T, *batch]`` bool.
+
+    Forward, step ``t`` resets when ``resets[t]``; in reverse, when ``resets[t + 1]`` (the
+    step after it in time starts a new segment, so the state carried back from it must not
+    enter). Only inside each sequence's length.
+    """
+    if resets_T is None:
+        return None
+    T = resets_T.shape[0]
+    r = resets_T.astype(bool)
+    if reverse:
+        r = jnp.concatenate([r[1:], jnp.zeros_like(r[:1])], axis=0)
+    if lengths is not None:
+        t = jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) + (1 if reverse else 0)
+        r = r & (t < lengths)
+    return r
+
+
+def check_resets(resets, batch_shape: tuple, T: int, time_major: bool) -> Optional[Array]:
+    """Validates ``resets`` at trace time; returns it time-major, ``[T, *batch]`` bool."""
+    if resets is None:
+        return None
+    if not hasattr(resets, "dtype"):
+        resets = np.asarray(resets)
+    if resets.dtype != jnp.bool_ and not jnp.issubdtype(resets.dtype, jnp.integer):
+        raise TypeError(f"`resets` must be a boolean array; got dtype {resets.dtype}.")
+    want = (T,) + tuple(batch_shape) if (time_major or not batch_shape) else tuple(batch_shape) + (T,)
+    if tuple(resets.shape) != want:
+        layout = "[T, *batch]" if time_major else "[*batch, T]"
+        raise ValueError(f"`resets` must have shape {layout} = {list(want)}; got {tuple(resets.shape)}.")
+    resets = jnp.asarray(resets).astype(bool)
+    return resets if (time_major or not batch_shape) else jnp.moveaxis(resets, -1, 0)
+
+
+def resolve_reset_state(cell, reset_state, h, batch_shape: tuple):
+    """The state a segment starts from after a reset, broadcast to ``h``'s shapes: zeros
+    (the cell's zero state) when ``reset_state`` is None."""
+    if reset_state is None:
+        return jax.tree.map(jnp.zeros_like, h)
+    h_leaves, h_def = jax.tree.flatten(h)
+    r_leaves, r_def = jax.tree.flatten(reset_state)
+    if r_def != h_def:
+        raise TypeError(f"`reset_state` must have the structure of the state {h_def}; got {r_def}.")
+    out = []
+    for r, s in zip(r_leaves, h_leaves):
+        r = jnp.asarray(r)
+        try:
+            out.append(jnp.broadcast_to(r, s.shape).astype(s.dtype))
+        except ValueError:
+            raise ValueError(f"`reset_state` leaves must broadcast to the state's shapes; got {tuple(r.shape)} "
+                             f"for a state leaf of shape {tuple(s.shape)}.") from None
+    return jax.tree.unflatten(h_def, out)
+
+
+# --------------------------------------------------------------------------- checks and layout
+
+
+def resolve_state(cell, params, h, xs, batch_shape: tuple, name: str = "h"):
+    """``h``, or the cell's initial state when None; checked against what the cell's step
+    returns (structure, shapes, dtypes) at trace time."""
+    if h is None:
+        if not hasattr(cell, "initial_state"):
+            raise ValueError(
+                f"`{name}` must be given for {cell!r}: a plain function has no initial state "
+                f"(pass one, e.g. jnp.zeros(batch_shape + (hidden_size,)), or use an object with `initial_state`).")
+        h = cell.initial_state(batch_shape, state_dtype(xs, params))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(h):
+        if not hasattr(leaf, "shape") or tuple(leaf.shape[: len(batch_shape)]) != tuple(batch_shape):
+            raise ValueError(
+                f"`{name}{jax.tree_util.keystr(path)}` must have the batch dimensions of `xs`, {list(batch_shape)}, "
+                f"in front; got shape {tuple(getattr(leaf, 'shape', ()))}.")
+    return h
+
+
+def check_step(cell, params, h, x, batch_shape: tuple, name: str = "cell"):
+    """Traces one step abstractly and checks that it returns ``(h, y)`` with ``h`` of the
+    structure, shapes and dtypes it was given and ``y`` with the batch dimensions."""
+    try:
+        out = jax.eval_shape(cell.step, params, h, x)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"`{name}` step failed on `h` {_shapes(h)} and `x` {tuple(x.shape)}: {e}") from e
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"`{name}` must return a pair (h, y); got {_describe(out)}.")
+    h_new, y = out
+    if jax.tree.structure(h_new) != jax.tree.structure(h):
+        raise TypeError(f"`{name}` returned a state of another structure than it was given: "
+                        f"{jax.tree.structure(h_new)} against {jax.tree.structure(h)}.")
+    for a, b in zip(jax.tree.leaves(h_new), jax.tree.leaves(h)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"`{name}` returned a state leaf {a.dtype}{list(a.shape)} for one given as "
+                             f"{b.dtype}{list(b.shape)}: the state must keep its shapes and dtypes.")
+    if not hasattr(y, "shape") or tuple(y.shape[: len(batch_shape)]) != tuple(batch_shape):
+        raise ValueError(f"`{name}` returned y of shape {getattr(y, 'shape', type(y).__name__)}; its leading "
+                         f"axes must be the batch dimensions {list(batch_shape)}.")
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda a: tuple(getattr(a, "shape", ())), tree)
+
+
+def to_time_major(xs: Array, time_major: bool, feature_axes: int = 1, flatten: bool = True):
+    """``xs -> (xs_T, batch_shape, restore)``. With ``flatten`` (one feature axis), ``xs_T``
+    is ``[T, N, I]`` (the batch flattened; ``N = 1`` for a single sequence) and ``restore``
+    maps ``[T, N, F]`` back; without, ``xs_T`` is ``[T, *batch, *features]`` and
+    ``restore`` maps ``[T, *batch, F]`` back."""
+    if not flatten:
+        nb = xs.ndim - 1 - feature_axes
+        if time_major or nb == 0:
+            return xs, tuple(xs.shape[1:1 + nb]), lambda ys: ys
+        return jnp.moveaxis(xs, nb, 0), tuple(xs.shape[:nb]), lambda ys: jnp.moveaxis(ys, 0, nb)
     if xs.ndim == 2:
-        T = xs.shape[0]
         return xs[:, None, :], (), lambda ys: ys[:, 0, :]
     if time_major:
         T, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
@@ -159,8 +470,9 @@ def to_time_major(xs: Array, time_major: bool):
     return jnp.swapaxes(xs_NTI, 0, 1), batch_shape, restore
 
 
-def check_seq_lengths(seq_lengths, batch_shape: tuple, T: int) -> Optional[Array]:
-    """Validates ``seq_lengths`` at trace time; returns it flattened to ``[N]`` int32."""
+def check_seq_lengths(seq_lengths, batch_shape: tuple, T: int, flatten: bool = True) -> Optional[Array]:
+    """Validates ``seq_lengths`` at trace time; returns it as int32, flattened to ``[N]``
+    (or ``[*batch]`` with ``flatten=False``)."""
     if seq_lengths is None:
         return None
     if not hasattr(seq_lengths, "dtype"):
@@ -177,385 +489,5 @@ def check_seq_lengths(seq_lengths, batch_shape: tuple, T: int) -> Optional[Array
             raise ValueError(
                 f"`seq_lengths` must lie in [0, T={T}]; got values from {values.min()} to {values.max()}."
             )
-    return jnp.asarray(seq_lengths, jnp.int32).reshape(-1)
-
-
-def flatten_state(cell: Cell, state):
-    """A state with batch shape ``[*batch]`` as a tuple of ``[N, ·]`` arrays."""
-    parts = tuple(state) if cell.is_lstm else (state,)
-    return tuple(p.reshape(-1, p.shape[-1]) for p in parts)
-
-
-def unflatten_state(cell: Cell, carry: tuple, batch_shape: tuple):
-    parts = tuple(c.reshape(tuple(batch_shape) + c.shape[-1:]) for c in carry)
-    return LSTMState(*parts) if cell.is_lstm else parts[0]
-
-
-# --------------------------------------------------------------------------- running
-
-
-def run(cell: Cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array], *, reverse: bool = False,
-        unroll: Optional[int] = None, remat: Union[bool, int] = False, custom_vjp: bool = True,
-        batch_major: bool = False):
-    """Unchecked core of :func:`unroll` on flattened arrays.
-
-    Args:
-      carry: state as a tuple of ``[N, ·]`` arrays; ``xs_TNI``: ``[T, N, I]``, or
-        ``[N, T, I]`` with ``batch_major``; lengths: ``[N]`` int32 or None.
-      batch_major: ``xs_TNI`` is ``[N, T, I]``. On the CPU, with the custom VJP and
-        no remat, the recurrence then reads it as it is: its backward pass keeps
-        ``xs`` itself for the input-weight gradient, instead of the time-major copy
-        made for the input projection, which would otherwise stay alive through the
-        backward loop alongside everything else it keeps; the LSTM's fwd+bwd makes
-        no time-major copy at all (see :func:`_batch_major_buffer`). Otherwise it is
-        made time-major here.
-
-    Returns:
-      ``(carry, ys_TNH)``, time-major.
-    """
-    unroll = default_unroll() if unroll is None else int(unroll)
-    if unroll < 1:
-        raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
-    if batch_major and (remat or not custom_vjp or 0 in xs_TNI.shape[:2] or jax.default_backend() != "cpu"):
-        xs_TNI, batch_major = jnp.swapaxes(xs_TNI, 0, 1), False
-    T = xs_TNI.shape[1] if batch_major else xs_TNI.shape[0]
-    static = (cell, bool(reverse), unroll, bool(custom_vjp), bool(batch_major))
-    if T == 0:
-        return carry, jnp.zeros((0, xs_TNI.shape[1], cell.output_size), carry[0].dtype)
-    if not remat:
-        return _layer(static, params, carry, xs_TNI, lengths)
-    K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
-    if K < 1:
-        raise ValueError(f"`remat` must be True, False or a positive chunk length; got {remat}.")
-    n_chunks = -(-T // K)
-    Tp = n_chunks * K
-    if Tp != T:
-        xs_TNI = jnp.pad(xs_TNI, ((0, Tp - T), (0, 0), (0, 0)))
-        if lengths is None:
-            lengths = jnp.full((xs_TNI.shape[1],), T, jnp.int32)
-    xs_CKNI = xs_TNI.reshape((n_chunks, K) + xs_TNI.shape[1:])
-    offsets = jnp.arange(n_chunks, dtype=jnp.int32) * K
-
-    @jax.checkpoint
-    def chunk(carry, xs_KNI, offset):
-        lens = None if lengths is None else jnp.clip(lengths - offset, 0, K)
-        return _layer(static, params, carry, xs_KNI, lens)
-
-    carry, ys = jax.lax.scan(lambda c, inp: chunk(c, *inp), carry, (xs_CKNI, offsets), reverse=reverse)
-    ys = ys.reshape((Tp,) + ys.shape[2:])[:T]
-    return carry, ys
-
-
-def _layer(static, params, carry, xs_TNI, lengths):
-    cell, _, _, use_custom_vjp, _ = static
-    b_x = cell.input_bias(params)
-    w_hr = params.w_hr if cell.proj_size else None
-    fn = _recurrence if use_custom_vjp else _recurrence_impl
-    carry, ys, _ = fn(static, xs_TNI, params.w_ih, b_x, params.w_hh, cell.recurrent_bias(params), w_hr, carry,
-                      lengths)
-    return carry, ys
-
-
-def _seq_matmul(x_TNK, w, compute_dtype):
-    """``x @ w.T`` for every step at once, as one 2-D matrix product: ``[T, N, K] -> [T, N, G]``."""
-    T, N, K = x_TNK.shape
-    cd, acc = operand_dtypes(x_TNK.dtype, w.dtype, compute_dtype)
-    y = jnp.dot(x_TNK.reshape(T * N, K).astype(cd), w.T.astype(cd), preferred_element_type=acc)
-    return y.reshape(T, N, w.shape[0])
-
-
-def _weight_grad(d_TNG, x_TNK, compute_dtype):
-    """``sum_{t,n} d[t,n,:]^T x[t,n,:]`` as one 2-D matrix product, ``[G, K]``."""
-    G, K = d_TNG.shape[-1], x_TNK.shape[-1]
-    M = math.prod(d_TNG.shape[:-1])
-    cd, acc = operand_dtypes(d_TNG.dtype, x_TNK.dtype, compute_dtype)
-    return jnp.dot(d_TNG.reshape(M, G).T.astype(cd), x_TNK.reshape(M, K).astype(cd), preferred_element_type=acc)
-
-
-def _mask(lengths, T):
-    if lengths is None:
-        return None
-    return (jnp.arange(T, dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, N, 1]
-
-
-def _apart(fn, witness: Array):
-    """``fn()``, computed inside a conditional: a boundary that XLA neither fuses across
-    nor merges with identical work outside it. The predicate, ``(witness | 1) != 0`` for
-    an int32 ``witness``, is always true, in a form that XLA's simplifier and its range
-    analysis of loop indices do not fold away (the other branch returns zeros)."""
-    return jax.lax.cond((witness | 1) != 0, fn,
-                        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn)))
-
-
-def _in_place(cell: Cell) -> bool:
-    """Whether one ``[T, N, 4H]`` buffer (``[N, T, 4H]``, see :func:`_batch_major_buffer`)
-    serves three arrays in turn: the forward pass
-    writes each step's saved gate activations over that step's input projection, which
-    it no longer needs, and the backward pass writes each step's gate cotangents over
-    that step's activations. Each saves a fresh ``[T, N, 4H]`` buffer per call, which
-    on the CPU cost more than the writes themselves. LSTM fwd+bwd on 2 CPU cores, A/B medians in one process: the forward
-    took B32 T128 H256 from 123 to 118 ms; the backward (with the cell state entering
-    each step read in the loop, not from a shifted copy) then took it from 110-112 to
-    101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms. CPU only: on an H100 the
-    in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9 interleaved
-    rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256 H256), and
-    it is unmeasured on TPUs."""
-    return cell.is_lstm and jax.default_backend() == "cpu"
-
-
-def _batch_major_buffer(cell: Cell, batch_major: bool, w_hr) -> bool:
-    """Whether the in-place buffer (see :func:`_in_place`) is ``[N, T, 4H]``: with
-    batch-major inputs, the input projection is then made from ``xs`` as it is, and
-    the backward pass's ``dxs`` and ``dW_ih`` come from the gate cotangents in that
-    layout too, so ``xs`` is never copied into time-major order and ``dxs`` never out
-    of it. (Not with a projection, whose backward reads the activations after the loop.)"""
-    return batch_major and w_hr is None and _in_place(cell)
-
-
-# The in-loop products on few CPU cores (see _column_blocks).
-_BLOCK_ELEMENTS = 1 << 16
-_BLOCK_MAX_FLOPS = {"forward": 32e6, "backward": 1e7}
-
-
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _column_blocks(w: Array, n: int, loop: str):
-    """Column blocks of the weight ``w`` (``[K, M]``) of a loop's per-step product
-    ``[n, K] x [K, M]``, or None to leave the product whole: ``w_hh.T`` in the forward
-    loop, ``w_hh`` in the backward loop.
-
-    On a CPU with at most two cores, XLA:CPU splits a small product such as
-    ``[32, 256] x [256, 1024]`` between its two threads, and the second thread, idle during
-    the gate arithmetic between two products, has to be woken up again at every step:
-    a fwd+bwd call then spends 6-9 ms in the kernel (``futex``), and the calling thread
-    waits ~48 µs a step for the other. Products on blocks of at most 64K weight elements
-    (equal widths) stay on the calling thread. Fwd+bwd on 2 cores, T128 I=H=256, A/B in
-    one process:
-
-    * forward loop: LSTM 0.90-0.95x the time at B32, 0.92-0.95x at B8; GRU 0.94-0.96x
-      at B8, 0.93x at B16, 0.99-1.03x at B32. Not for larger products (B64 T64 H512,
-      134 MFLOP a step, took 1.12x the time in 16 blocks);
-    * backward loop (``[n, G*H] x [G*H, H]``, narrower blocks), measured on top of the
-      forward's: LSTM 0.80x the time at B4, 0.90-0.92x at B8, 0.89-0.91x at B16, but
-      1.02x at B32; GRU 0.91-0.92x, 0.99-1.0x, 0.94-0.95x, and 1.06x at B32 (B4 T64
-      I=H=512: LSTM 0.90x, GRU 0.99x). So only up to 10 MFLOP a step: B32 is left whole.
-
-    Not on more cores (unmeasured), nor where the weight is one block already (B1 T1000
-    H128: 1.04-1.07x the time in 4 blocks), nor off the CPU.
-    """
-    K, M = w.shape
-    if (jax.default_backend() != "cpu" or _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS
-            or 2 * n * K * M > _BLOCK_MAX_FLOPS[loop]):
-        return None
-    count = -(-K * M // _BLOCK_ELEMENTS)
-    width = -(-M // count)
-    return tuple(w[:, i:i + width] for i in range(0, M, width))
-
-
-def _blocked_matmul(x: Array, w: Array, blocks, compute_dtype) -> Array:
-    """``x @ w`` (``w`` as it is, ``[K, M]``), by the column ``blocks`` of ``w`` if any."""
-    if blocks is None:
-        return _matmul_untransposed(x, w, compute_dtype)
-    return jnp.concatenate([_matmul_untransposed(x, b, compute_dtype) for b in blocks], axis=-1)
-
-
-def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, *, save=False):
-    """Projection then the loop: ``xs [T, N, I]`` -> ``(carry, ys [T, N, H_out], residuals)``.
-
-    The input biases ``b_x`` are added inside the loop, where the addition fuses into
-    the gate arithmetic, rather than in a separate pass over the ``[T, N, G*H]`` block.
-
-    With ``save``, the residuals are the gate activations of every step (what cuDNN keeps
-    in its reserve space) and, for LSTM, the cell state after every step. The hidden state
-    entering each step is not stored: it is the previous output (see :func:`_previous`).
-    """
-    cell, reverse, unroll, _, batch_major = static
-    cd = cell.compute_dtype
-    T = xs.shape[1] if batch_major else xs.shape[0]
-    mask = _mask(lengths, T)
-    bm_buf = save and _batch_major_buffer(cell, batch_major, w_hr)
-    gx = _seq_matmul(jnp.swapaxes(xs, 0, 1) if batch_major and not bm_buf else xs, w_ih, cd)
-    axis = 1 if bm_buf else 0  # the time axis of gx
-    # On the CPU, h @ w_hh.T is a product with w_hh.T materialised once, outside the loop:
-    # XLA:CPU's in-loop product with the transposed operand was slower (fwd+bwd B32 T128
-    # H256, A/B in one process: 0.98x the time for LSTM and GRU; B1 unchanged). Elsewhere
-    # (unmeasured) the product reads w_hh as it is.
-    w_hh_t = w_hh.T if jax.default_backend() == "cpu" else None
-    blocks = None if w_hh_t is None else _column_blocks(w_hh_t, carry0[0].shape[0], "forward")
-
-    def recurrent(h):
-        if w_hh_t is None:
-            return _matmul(h, w_hh, cd)
-        return _blocked_matmul(h, w_hh_t, blocks, cd)
-
-    def step(carry, gx_t, m_t):
-        a = recurrent(carry[0])
-        if b_rec is not None:
-            a = a + b_rec.astype(acc_dtype(b_rec.dtype))
-        if b_x is not None:
-            gx_t = gx_t + b_x.astype(acc_dtype(b_x.dtype))
-        if cell.kind != "gru":
-            gx_t, a = gx_t + a, None
-        new, saved = cell.pointwise(gx_t, a, carry, save=True)
-        h = new[0]
-        if w_hr is not None:
-            h = _matmul(h, w_hr, cd)
-        new = tuple(n.astype(c.dtype) for n, c in zip((h,) + tuple(new[1:]), carry))
-        if m_t is None:
-            y = new[0]
-        else:
-            y = jnp.where(m_t, new[0], jnp.zeros_like(new[0]))
-            new = tuple(jnp.where(m_t, n, c) for n, c in zip(new, carry))
-        return new, y, saved
-
-    if save and _in_place(cell):
-        def body(carry, inp):
-            state, buf = carry
-            t, m_t = inp
-            new, y, (act,) = step(state, jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), m_t)
-            return (new, jax.lax.dynamic_update_index_in_dim(buf, act, t, axis)), (y,) + tuple(new[1:])
-
-        (carry, acts), outs = jax.lax.scan(body, (carry0, gx), (jnp.arange(T, dtype=jnp.int32), mask),
-                                           reverse=reverse, unroll=unroll)
-        return carry, outs[0], ((acts,), tuple(outs[1:]))
-
-    def body(carry, inp):
-        new, y, saved = step(carry, *inp)
-        return new, ((y, saved, new[1:]) if save else (y,))
-
-    carry, outs = jax.lax.scan(body, carry0, (gx, mask), reverse=reverse, unroll=unroll)
-    return carry, outs[0], outs[1:]
-
-
-def _previous(seq, first, lengths, reverse):
-    """The state entering each step, from the states after each step (``[T, N, F]``).
-
-    Only steps inside each sequence's length matter (the backward pass zeroes the rest),
-    and there the state before step ``t`` is the state after step ``t - 1`` (``t + 1``
-    when reversed), or ``first`` at the first step processed. A step's output equals
-    its new hidden state inside the length, so ``ys`` serves for ``h``.
-    """
-    if not reverse:
-        return jnp.concatenate([first[None].astype(seq.dtype), seq[:-1]], axis=0)
-    prev = jnp.concatenate([seq[1:], first[None].astype(seq.dtype)], axis=0)
-    if lengths is not None:
-        starts = jnp.arange(seq.shape[0], dtype=jnp.int32)[:, None] == (lengths - 1)[None, :]
-        prev = jnp.where(starts[..., None], first[None], prev)
-    return prev
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
-    return _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths)
-
-
-def _recurrence_fwd(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths):
-    carry, ys, (saved, rest) = _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths,
-                                                save=True)
-    return (carry, ys, ()), (xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, ys, saved, rest)
-
-
-def _recurrence_bwd(static, res, cts):
-    """The backward loop carries only the state cotangents and emits the per-step
-    gate cotangents; the weight gradients are single matrix products afterwards."""
-    cell, reverse, unroll, _, batch_major = static
-    xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, ys, saved, rest = res
-    d_carry, dys, _ = cts
-    cd = cell.compute_dtype
-    mask = _mask(lengths, dys.shape[0])
-    h_prev = _previous(ys, carry0[0], lengths, reverse)
-    in_place = _in_place(cell) and w_hr is None  # (with a projection, the activations are read after the loop)
-    bm_buf = _batch_major_buffer(cell, batch_major, w_hr)  # saved[0] (and so dgx) is [N, T, 4H]
-    axis = 1 if bm_buf else 0
-    prev = None if in_place else (
-        (h_prev,) + tuple(_previous(r, c0, lengths, reverse) for r, c0 in zip(rest, carry0[1:])))
-    # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
-    new = (ys if cell.kind.startswith("rnn") else None,) + tuple(rest)
-    blocks = _column_blocks(w_hh, carry0[0].shape[0], "backward")
-
-    def body(dcarry, inp):
-        saved_t, prev_t, new_t, dy_t, m_t = inp
-        g_h = dcarry[0] + dy_t
-        g_rest = tuple(dcarry[1:])
-        if m_t is not None:
-            g_h = jnp.where(m_t, g_h, 0.0)
-            g_rest = tuple(jnp.where(m_t, d, 0.0) for d in g_rest)
-        g_r = g_h if w_hr is None else _matmul_untransposed(g_h, w_hr, cd)
-        dgx_t, da_t, dprev = cell.pointwise_bwd(saved_t, prev_t, new_t, (g_r,) + g_rest)
-        dh_prev = _blocked_matmul(da_t, w_hh, blocks, cd)
-        if dprev[0] is not None:
-            dh_prev = dh_prev + dprev[0]
-        drest_prev = tuple(dprev[1:])
-        if m_t is not None:
-            dh_prev = dh_prev + jnp.where(m_t, 0.0, dcarry[0])
-            drest_prev = tuple(d + jnp.where(m_t, 0.0, dc) for d, dc in zip(drest_prev, dcarry[1:]))
-        new_dcarry = tuple(d.astype(c.dtype) for d, c in zip((dh_prev,) + drest_prev, dcarry))
-        return new_dcarry, (dgx_t, g_h if w_hr is not None else None)
-
-    d_carry = tuple(jnp.asarray(d) for d in d_carry)
-    if in_place:
-        # Each step's gate cotangents overwrite its saved activations, which nothing
-        # reads afterwards (see _in_place).
-        T, cs = dys.shape[0], rest[0]
-
-        def body_ip(carry, inp):
-            dcarry, buf, db = carry
-            t, rest_t = inp[0], inp[1:]
-            # Read act_t once, into a small array of its own. XLA fuses a plain slice into
-            # each of its several readers, and then copies the whole buffer at every step
-            # unless it can order all of them before the write.
-            act_t = _apart(lambda: jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), t)
-            # The cell state entering step t, read from the saved states rather than from
-            # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
-            # At each sequence's first step it is the initial state (see _previous).
-            before = jnp.clip(t + (1 if reverse else -1), 0, T - 1)
-            c_prev_t = jax.lax.dynamic_index_in_dim(cs, before, keepdims=False)
-            first = (t == T - 1 if lengths is None else t == lengths - 1) if reverse else t == 0
-            c_prev_t = jnp.where(jnp.reshape(first, (-1, 1)), carry0[1], c_prev_t)
-            new_dcarry, (dgx_t, _) = body(dcarry, ((act_t,), (None, c_prev_t)) + rest_t)
-            if db is not None:
-                db = db + dgx_t.sum(0)
-            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis), db), None
-
-        db0 = None if b_x is None else jnp.zeros(saved[0].shape[-1:], saved[0].dtype)
-        (d_carry0, dgx, db_acc), _ = jax.lax.scan(
-            body_ip, (d_carry, saved[0], db0), (jnp.arange(T, dtype=jnp.int32), new, dys, mask),
-            reverse=not reverse, unroll=unroll)
-        g_h = None
-    else:
-        d_carry0, (dgx, g_h) = jax.lax.scan(
-            body, d_carry, (saved, prev, new, dys, mask), reverse=not reverse, unroll=unroll
-        )
-    H = cell.hidden_size
-    if cell.kind == "gru":  # d(a_n) = d(gx_n) * r; the other gates share gx's cotangent
-        da = jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
-    else:
-        da = dgx
-    dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
-    if batch_major and not bm_buf:  # dgx is time-major, xs batch-major
-        dxs = jnp.swapaxes(dxs, 0, 1)
-        # The time-major copy of xs for this product is made afresh here, apart, because
-        # XLA would otherwise merge it with the forward pass's identical copy and keep
-        # that alive through the backward loop.
-        bits = jax.lax.bitcast_convert_type(xs.ravel()[0].astype(jnp.float32), jnp.int32)
-        dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd), bits).astype(w_ih.dtype)
-    else:  # dgx, xs and dxs in the same layout
-        dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
-    if bm_buf:  # h_prev is time-major, da batch-major
-        h_prev = jnp.swapaxes(h_prev, 0, 1)
-    db_x = None if b_x is None else (db_acc if in_place else dgx.sum((0, 1))).astype(b_x.dtype)
-    dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
-    db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
-    dw_hr = None
-    if w_hr is not None:  # r = o * tanh(c) before the projection, for every step at once
-        r = saved[0][..., 3 * H :] * jnp.tanh(rest[0])
-        dw_hr = _weight_grad(g_h, r, cd).astype(w_hr.dtype)
-    return dxs, dw_ih, db_x, dw_hh, db_rec, dw_hr, d_carry0, None
-
-
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+    lengths = jnp.asarray(seq_lengths, jnp.int32)
+    return lengths.reshape(-1) if flatten else lengths

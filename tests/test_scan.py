@@ -159,16 +159,16 @@ def test_gradients_match_python_loop(name, variants, inputs, normal, assert_clos
 @pytest.mark.parametrize("name", CELLS)
 def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, assert_close):
     """The forward and backward loops' products in column blocks (on two CPU cores, see
-    jaxrnn.scan._column_blocks), forced here on small sizes with uneven blocks: outputs,
+    jaxrnn.tuning.column_blocks), forced here on small sizes with uneven blocks: outputs,
     final state and gradients equal the Python loop's, with ragged lengths, both ways."""
-    from jaxrnn import scan
+    from jaxrnn import tuning
 
-    monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
+    monkeypatch.setattr(tuning, "_cpu_cores", lambda: 2)
     cell, params, h0, xs = inputs(name, (3,), H=5)
-    monkeypatch.setattr(scan, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)  # about three blocks
+    monkeypatch.setattr(tuning, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)  # about three blocks
     widths = []
     for w, loop in ((params.w_hh.T, "forward"), (params.w_hh, "backward")):
-        blocks = scan._column_blocks(w, 3, loop)
+        blocks = tuning.column_blocks(w, 3, loop)
         assert blocks is not None and len(blocks) > 1, loop
         np.testing.assert_array_equal(jnp.concatenate(blocks, axis=1), w)
         widths.append({b.shape[1] for b in blocks})
@@ -185,20 +185,20 @@ def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, asse
 
 
 def test_column_blocks_only_for_small_products_on_two_cores(monkeypatch):
-    from jaxrnn import scan
+    from jaxrnn import tuning
 
     w = jnp.zeros((256, 1024))  # LSTM H256: w_hh.T; w_hh is its transpose
-    monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
-    assert [b.shape for b in scan._column_blocks(w, 32, "forward")] == [(256, 256)] * 4
-    assert scan._column_blocks(w.T, 32, "backward") is None  # 16.8 MFLOP a step: left whole
-    assert [b.shape for b in scan._column_blocks(w.T, 16, "backward")] == [(1024, 64)] * 4
+    monkeypatch.setattr(tuning, "_cpu_cores", lambda: 2)
+    assert [b.shape for b in tuning.column_blocks(w, 32, "forward")] == [(256, 256)] * 4
+    assert tuning.column_blocks(w.T, 32, "backward") is None  # 16.8 MFLOP a step: left whole
+    assert [b.shape for b in tuning.column_blocks(w.T, 16, "backward")] == [(1024, 64)] * 4
     gru = jnp.zeros((768, 256))  # GRU H256: w_hh, in three equal-as-can-be blocks
-    assert [b.shape for b in scan._column_blocks(gru, 16, "backward")] == [(768, 86)] * 2 + [(768, 84)]
-    assert scan._column_blocks(jnp.zeros((128, 512)), 1, "forward") is None  # one block's worth already
-    assert scan._column_blocks(jnp.zeros((512, 2048)), 64, "forward") is None  # 134 MFLOP a step
-    monkeypatch.setattr(scan, "_cpu_cores", lambda: 4)
-    assert scan._column_blocks(w, 32, "forward") is None
-    assert scan._column_blocks(w.T, 4, "backward") is None
+    assert [b.shape for b in tuning.column_blocks(gru, 16, "backward")] == [(768, 86)] * 2 + [(768, 84)]
+    assert tuning.column_blocks(jnp.zeros((128, 512)), 1, "forward") is None  # one block's worth already
+    assert tuning.column_blocks(jnp.zeros((512, 2048)), 64, "forward") is None  # 134 MFLOP a step
+    monkeypatch.setattr(tuning, "_cpu_cores", lambda: 4)
+    assert tuning.column_blocks(w, 32, "forward") is None
+    assert tuning.column_blocks(w.T, 4, "backward") is None
 
 
 def _float64(tree):
@@ -239,16 +239,16 @@ def test_float64_matches_python_loop(name, inputs, normal):
 
 @pytest.mark.parametrize("name", ["gru", "lstm_proj"])
 def test_float64_column_blocks(name, monkeypatch, inputs):
-    """The blocked loop products (see jaxrnn.scan._column_blocks) in float64, against the
+    """The blocked loop products (see jaxrnn.tuning.column_blocks) in float64, against the
     Python loop to 1e-12."""
-    from jaxrnn import scan
+    from jaxrnn import tuning
 
-    monkeypatch.setattr(scan, "_cpu_cores", lambda: 2)
+    monkeypatch.setattr(tuning, "_cpu_cores", lambda: 2)
     with jax.enable_x64(True):
         cell, params, h0, xs = inputs(name, (3,), H=5)
         params, h0, xs = _float64((params, h0, xs))
-        monkeypatch.setattr(scan, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)
-        assert scan._column_blocks(params.w_hh, 3, "backward") is not None
+        monkeypatch.setattr(tuning, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)
+        assert tuning.column_blocks(params.w_hh, 3, "backward") is not None
         lengths = jnp.array([T, 0, 3])
         f = lambda run, p: jnp.sum(jnp.sin(run(cell, p, h0, xs, seq_lengths=lengths, reverse=True)[1]))
         got = jax.jit(jax.value_and_grad(functools.partial(f, jaxrnn.unroll)))(params)

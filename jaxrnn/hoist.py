@@ -1,0 +1,150 @@
+"""Automatic hoisting: the input projection of any step function, out of the loop.
+
+A researcher writes the natural step, ``z = x @ W + h @ U + b; ...``, not a
+``project``/``update`` pair. :func:`split` reads the step's jaxpr and sorts every
+operation by what it depends on:
+
+* **params only** (``W.T``, a reshaped bias): computed once, before the loop;
+* **x, not h** (``x @ W``, any x-only transform): computed for every time step at once,
+  before the loop (the step's operations under ``vmap`` over time, so ``x @ W`` becomes
+  one ``[T*N, I] x [I, G]`` product);
+* **h** (``h @ U`` and everything downstream): the loop body, which reads the first
+  two parts' results.
+
+The three parts together are the step's own operations, unchanged and in their order, so
+the results are identical to running the step as written (``hoist=False``), and gradients
+come from autodiff as usual. Operations with side effects stay in the loop. Hoisting is
+applied only where it pays: when the x-only part contains a matrix product or a
+convolution.
+
+The jaxpr is read with a small, stable part of JAX's internals (equations' primitives,
+params and variables; ``Primitive.bind``), the same that ``jax.core.eval_jaxpr`` uses;
+``tests/test_hoist.py`` fails if hoisting silently stops.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+
+try:  # jax >= 0.4.3x
+    from jax.extend.core import Literal as _Literal
+except ImportError:  # pragma: no cover
+    from jax.core import Literal as _Literal
+
+#: Primitives whose presence in the x-only part makes hoisting worth it.
+_HEAVY = frozenset({"dot_general", "conv_general_dilated"})
+_PARAMS, _X, _H = 0, 1, 2
+
+
+class Split(NamedTuple):
+    """A step function split in three (see the module docstring).
+
+    ``constants(params) -> c`` runs once; ``precompute(params, xs_T) -> r_T`` runs the
+    x-only part for all ``T`` steps at once (``xs_T`` has time on axis 0); ``body(c, h,
+    r_t) -> (h, y)`` is the loop body.
+    """
+
+    constants: Callable
+    precompute: Callable
+    body: Callable
+
+
+def _is_literal(v) -> bool:
+    return isinstance(v, _Literal)
+
+
+def _is_drop(v) -> bool:
+    return type(v).__name__ == "DropVar"
+
+
+def _eval(eqns, env):
+    """Evaluates ``eqns`` in order, reading and writing ``env`` (as ``jax.core.eval_jaxpr``)."""
+    for eqn in eqns:
+        invals = [v.val if _is_literal(v) else env[v] for v in eqn.invars]
+        bind_params = eqn.primitive.get_bind_params(eqn.params)
+        subfuns = ()
+        if isinstance(bind_params, tuple):  # jax < 0.7: (subfuns, params)
+            subfuns, bind_params = bind_params
+        ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
+        if ctx is None:
+            outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+        else:
+            with ctx:
+                outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+        if not eqn.primitive.multiple_results:
+            outs = [outs]
+        for v, o in zip(eqn.outvars, outs):
+            if not _is_drop(v):
+                env[v] = o
+
+
+def split(step: Callable, params, h, x) -> Optional[Split]:
+    """Splits ``step(params, h, x) -> (h, y)`` for values shaped like ``params``, ``h`` and
+    one step's ``x``; None where nothing worth hoisting depends on ``x`` alone."""
+    p_leaves, p_def = jax.tree.flatten(params)
+    h_leaves, h_def = jax.tree.flatten(h)
+    x_leaves, x_def = jax.tree.flatten(x)
+    out_def = []
+
+    def flat_step(p, hh, xx):
+        out = step(jax.tree.unflatten(p_def, p), jax.tree.unflatten(h_def, hh), jax.tree.unflatten(x_def, xx))
+        leaves, tree = jax.tree.flatten(out)
+        out_def.append(tree)
+        return leaves
+
+    closed = jax.make_jaxpr(flat_step)(p_leaves, h_leaves, x_leaves)
+    jaxpr, consts = closed.jaxpr, closed.consts
+    n_p, n_h = len(p_leaves), len(h_leaves)
+    kind = {v: _PARAMS for v in jaxpr.constvars}
+    for i, v in enumerate(jaxpr.invars):
+        kind[v] = _PARAMS if i < n_p else (_H if i < n_p + n_h else _X)
+    parts = {_PARAMS: [], _X: [], _H: []}
+    for eqn in jaxpr.eqns:
+        k = max([kind[v] for v in eqn.invars if not _is_literal(v)], default=_PARAMS)
+        if eqn.effects:
+            k = _H
+        parts[k].append(eqn)
+        for v in eqn.outvars:
+            kind[v] = k
+    if not any(e.primitive.name in _HEAVY for e in parts[_X]):
+        return None
+    # What the loop reads of the parts before it (and the outputs that come from them).
+    read = [v for e in parts[_H] for v in e.invars] + list(jaxpr.outvars)
+    seen = set()
+    needed = {_PARAMS: [], _X: []}
+    for v in read:
+        if not _is_literal(v) and kind[v] != _H and v not in seen:
+            seen.add(v)
+            needed[kind[v]].append(v)
+    p_vars, h_vars, x_vars = jaxpr.invars[:n_p], jaxpr.invars[n_p:n_p + n_h], jaxpr.invars[n_p + n_h:]
+    tree = out_def[0]
+
+    def start(p):
+        env = dict(zip(jaxpr.constvars, consts))
+        env.update(zip(p_vars, jax.tree.leaves(p)))
+        return env
+
+    def constants(p):
+        env = start(p)
+        _eval(parts[_PARAMS], env)
+        return [env[v] for v in needed[_PARAMS]]
+
+    def precompute(p, xs_T):
+        def one(x_t):
+            env = start(p)
+            env.update(zip(x_vars, jax.tree.leaves(x_t)))
+            _eval(parts[_PARAMS] + parts[_X], env)
+            return [env[v] for v in needed[_X]]
+
+        return jax.vmap(one)(xs_T)
+
+    def body(c, hh, r_t):
+        env = dict(zip(needed[_PARAMS], c))
+        env.update(zip(needed[_X], r_t))
+        env.update(zip(h_vars, jax.tree.leaves(hh)))
+        _eval(parts[_H], env)
+        return jax.tree.unflatten(tree, [v.val if _is_literal(v) else env[v] for v in jaxpr.outvars])
+
+    return Split(constants, precompute, body)

@@ -1,0 +1,135 @@
+"""Backend-specific tuning of the built-in cells' fused path, in one place.
+
+Every choice here changes how fast :mod:`jaxrnn.fused` runs, never what it computes;
+each is documented with the measurement behind it. Nothing here applies to the generic
+path of :func:`jaxrnn.unroll` (custom cells), except :func:`default_unroll`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import _matmul_untransposed
+
+Array = jax.Array
+
+__all__ = ["default_unroll"]
+
+
+def default_unroll(backend: Optional[str] = None) -> int:
+    """The scan ``unroll`` factor used when ``unroll=None``, chosen by measurement.
+
+    ``benchmarks/unroll_sweep.py`` times LSTM and GRU fwd+bwd at unroll 1-32 and
+    picks the smallest unroll within 3% of the fastest (geometric mean over cases):
+
+    * on an H100, 8: 0.585x the time of unroll 1 (16: 0.587x, 32: 0.601x), over
+      B64 T512 H512, B16 T256 H256 and B1 T1000 H128. A loop iteration costs a few
+      microseconds there, which unrolling amortises;
+    * on a 2-core CPU, 1: unroll 2 was 1.04x, 4 1.09x, 8 1.15x and 32 1.47x the time,
+      over B32 T128 H256 and B1 T1000 H128. A loop iteration costs ~0.06 µs there,
+      and unrolling only grows the program.
+
+    TPUs take the GPU's 8, which is unmeasured there. Override with ``unroll=``.
+    """
+    backend = backend or jax.default_backend()
+    return 1 if backend == "cpu" else 8
+
+
+def in_place(cell) -> bool:
+    """Whether one ``[T, N, G*H]`` buffer (``[N, T, G*H]``, see :func:`batch_major_buffer`)
+    serves three arrays in turn: the forward pass writes each step's saved gate
+    activations over that step's input projection, which it no longer needs, and the
+    backward pass writes each step's gate cotangents over that step's activations. Each
+    saves a fresh ``[T, N, 4H]`` buffer per call, which on the CPU cost more than the
+    writes themselves. Only for cells whose saved activations are one such buffer
+    (``cell.saves_gate_buffer``: the LSTM). LSTM fwd+bwd on 2 CPU cores, A/B medians in
+    one process: the forward took B32 T128 H256 from 123 to 118 ms; the backward (with
+    the cell state entering each step read in the loop, not from a shifted copy) then
+    took it from 110-112 to 101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms. CPU only:
+    on an H100 the in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9
+    interleaved rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256
+    H256), and it is unmeasured on TPUs."""
+    return cell.saves_gate_buffer and jax.default_backend() == "cpu"
+
+
+def batch_major_buffer(cell, batch_major: bool, w_hr) -> bool:
+    """Whether the in-place buffer (see :func:`in_place`) is ``[N, T, 4H]``: with
+    batch-major inputs, the input projection is then made from ``xs`` as it is, and
+    the backward pass's ``dxs`` and ``dW_ih`` come from the gate cotangents in that
+    layout too, so ``xs`` is never copied into time-major order and ``dxs`` never out
+    of it. (Not with a projection, whose backward reads the activations after the loop.)"""
+    return batch_major and w_hr is None and in_place(cell)
+
+
+def keeps_batch_major(remat, custom_vjp: bool, empty: bool) -> bool:
+    """Whether batch-major ``xs`` reach the fused recurrence as they are: on the CPU,
+    with the custom VJP and no remat, its backward pass keeps ``xs`` itself for the
+    input-weight gradient, instead of the time-major copy made for the input projection,
+    which would otherwise stay alive through the backward loop alongside everything else
+    it keeps; the LSTM's fwd+bwd makes no time-major copy at all (see
+    :func:`batch_major_buffer`)."""
+    return not (remat or not custom_vjp or empty or jax.default_backend() != "cpu")
+
+
+def transposed_recurrent_weight(w_hh: Array) -> Optional[Array]:
+    """``w_hh.T`` materialised once, outside the loop, or None to let the product read
+    ``w_hh`` as it is. On the CPU the in-loop product with the transposed operand was
+    slower (fwd+bwd B32 T128 H256, A/B in one process: 0.98x the time for LSTM and GRU;
+    B1 unchanged). Elsewhere it is unmeasured."""
+    return w_hh.T if jax.default_backend() == "cpu" else None
+
+
+# The in-loop products on few CPU cores (see column_blocks).
+_BLOCK_ELEMENTS = 1 << 16
+_BLOCK_MAX_FLOPS = {"forward": 32e6, "backward": 1e7}
+
+
+def _cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def column_blocks(w: Array, n: int, loop: str):
+    """Column blocks of the weight ``w`` (``[K, M]``) of a loop's per-step product
+    ``[n, K] x [K, M]``, or None to leave the product whole: ``w_hh.T`` in the forward
+    loop, ``w_hh`` in the backward loop.
+
+    On a CPU with at most two cores, XLA:CPU splits a small product such as
+    ``[32, 256] x [256, 1024]`` between its two threads, and the second thread, idle during
+    the gate arithmetic between two products, has to be woken up again at every step:
+    a fwd+bwd call then spends 6-9 ms in the kernel (``futex``), and the calling thread
+    waits ~48 µs a step for the other. Products on blocks of at most 64K weight elements
+    (equal widths) stay on the calling thread. Fwd+bwd on 2 cores, T128 I=H=256, A/B in
+    one process:
+
+    * forward loop: LSTM 0.90-0.95x the time at B32, 0.92-0.95x at B8; GRU 0.94-0.96x
+      at B8, 0.93x at B16, 0.99-1.03x at B32. Not for larger products (B64 T64 H512,
+      134 MFLOP a step, took 1.12x the time in 16 blocks);
+    * backward loop (``[n, G*H] x [G*H, H]``, narrower blocks), measured on top of the
+      forward's: LSTM 0.80x the time at B4, 0.90-0.92x at B8, 0.89-0.91x at B16, but
+      1.02x at B32; GRU 0.91-0.92x, 0.99-1.0x, 0.94-0.95x, and 1.06x at B32 (B4 T64
+      I=H=512: LSTM 0.90x, GRU 0.99x). So only up to 10 MFLOP a step: B32 is left whole.
+
+    Not on more cores (unmeasured), nor where the weight is one block already (B1 T1000
+    H128: 1.04-1.07x the time in 4 blocks), nor off the CPU.
+    """
+    K, M = w.shape
+    if (jax.default_backend() != "cpu" or _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS
+            or 2 * n * K * M > _BLOCK_MAX_FLOPS[loop]):
+        return None
+    count = -(-K * M // _BLOCK_ELEMENTS)
+    width = -(-M // count)
+    return tuple(w[:, i:i + width] for i in range(0, M, width))
+
+
+def blocked_matmul(x: Array, w: Array, blocks, compute_dtype) -> Array:
+    """``x @ w`` (``w`` as it is, ``[K, M]``), by the column ``blocks`` of ``w`` if any."""
+    if blocks is None:
+        return _matmul_untransposed(x, w, compute_dtype)
+    return jnp.concatenate([_matmul_untransposed(x, b, compute_dtype) for b in blocks], axis=-1)
