@@ -73,9 +73,9 @@ def check_array(value, name: str, shape: tuple) -> None:
         raise TypeError(f"`{name}` must be a floating-point array; got dtype {value.dtype}.")
 
 
-def check_params_type(params, ptype: type, cell) -> None:
+def check_params_type(params, ptype: type, cell, name: str = "params") -> None:
     if not isinstance(params, ptype):
-        raise TypeError(f"`params` must be {ptype.__name__} for a {cell!r} cell; got {type(params).__name__}.")
+        raise TypeError(f"`{name}` must be {ptype.__name__} for a {cell!r} cell; got {type(params).__name__}.")
 
 
 def check_input(x, input_size: int, *, name: str = "x", feature_axes: int = 1) -> Array:

@@ -177,22 +177,22 @@ class ConvLSTMCell:
         shape = tuple(batch_shape) + tuple(spatial) + (self.hidden_size,)
         return LSTMState(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
-    def check_params(self, params) -> int:
-        """Checks ``params`` against this cell; returns the input channels ``C``."""
-        C.check_params_type(params, ConvLSTMParams, self)
+    def check_params(self, params, name: str = "params") -> int:
+        """Checks ``params`` (called ``name`` in errors) against this cell; returns the input channels ``C``."""
+        C.check_params_type(params, ConvLSTMParams, self, name)
         F, (kh, kw) = self.hidden_size, self.kernel_size
         w_ih = params.w_ih
         if getattr(w_ih, "ndim", None) != 4 or tuple(w_ih.shape[:1] + w_ih.shape[2:]) != (4 * F, kh, kw):
-            raise ValueError(f"`params.w_ih` must have shape [{4 * F}, input_size, {kh}, {kw}] for {self!r}; "
+            raise ValueError(f"`{name}.w_ih` must have shape [{4 * F}, input_size, {kh}, {kw}] for {self!r}; "
                              f"got {getattr(w_ih, 'shape', type(w_ih).__name__)}.")
-        C.check_array(w_ih, "params.w_ih", w_ih.shape)
-        C.check_array(params.w_hh, "params.w_hh", (4 * F, F, kh, kw))
-        for name in ("b_ih", "b_hh"):
-            value = getattr(params, name)
+        C.check_array(w_ih, f"{name}.w_ih", w_ih.shape)
+        C.check_array(params.w_hh, f"{name}.w_hh", (4 * F, F, kh, kw))
+        for field in ("b_ih", "b_hh"):
+            value = getattr(params, field)
             if self.bias:
-                C.check_array(value, f"params.{name}", (4 * F,))
+                C.check_array(value, f"{name}.{field}", (4 * F,))
             elif value is not None:
-                raise ValueError(f"`params.{name}` must be None for {self!r}; got an array.")
+                raise ValueError(f"`{name}.{field}` must be None for {self!r}; got an array.")
         return int(w_ih.shape[1])
 
     def project(self, params: ConvLSTMParams, xs: Array) -> Array:

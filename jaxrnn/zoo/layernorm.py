@@ -118,18 +118,18 @@ class _LayerNormCell:
         ones, zeros = jnp.ones((G * H,), dtype), jnp.zeros((G * H,), dtype)
         return [w_ih, w_hh, ones, zeros, ones, zeros]
 
-    def check_params(self, params) -> int:
-        """Checks ``params`` against this cell; returns the input size ``I``."""
-        C.check_params_type(params, self.params_type, self)
+    def check_params(self, params, name: str = "params") -> int:
+        """Checks ``params`` (called ``name`` in errors) against this cell; returns the input size ``I``."""
+        C.check_params_type(params, self.params_type, self, name)
         G, H = self.num_gates, self.hidden_size
         w_ih = params.w_ih
         if getattr(w_ih, "ndim", None) != 2 or w_ih.shape[0] != G * H:
-            raise ValueError(f"`params.w_ih` must have shape [{G * H}, input_size] for {self!r}; "
+            raise ValueError(f"`{name}.w_ih` must have shape [{G * H}, input_size] for {self!r}; "
                              f"got {getattr(w_ih, 'shape', type(w_ih).__name__)}.")
-        C.check_array(w_ih, "params.w_ih", w_ih.shape)
-        C.check_array(params.w_hh, "params.w_hh", (G * H, H))
-        for name in params._fields[2:]:
-            C.check_array(getattr(params, name), f"params.{name}", (H if name.startswith("ln_c") else G * H,))
+        C.check_array(w_ih, f"{name}.w_ih", w_ih.shape)
+        C.check_array(params.w_hh, f"{name}.w_hh", (G * H, H))
+        for field in params._fields[2:]:
+            C.check_array(getattr(params, field), f"{name}.{field}", (H if field.startswith("ln_c") else G * H,))
         return int(w_ih.shape[1])
 
     def project(self, params, xs: Array) -> Array:

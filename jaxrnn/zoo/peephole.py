@@ -116,24 +116,24 @@ class PeepholeLSTMCell:
         shape = tuple(batch_shape) + (self.hidden_size,)
         return LSTMState(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
-    def check_params(self, params) -> int:
-        """Checks ``params`` against this cell; returns the input size ``I``."""
-        C.check_params_type(params, PeepholeLSTMParams, self)
+    def check_params(self, params, name: str = "params") -> int:
+        """Checks ``params`` (called ``name`` in errors) against this cell; returns the input size ``I``."""
+        C.check_params_type(params, PeepholeLSTMParams, self, name)
         H = self.hidden_size
         w_ih = params.w_ih
         if getattr(w_ih, "ndim", None) != 2 or w_ih.shape[0] != 4 * H:
-            raise ValueError(f"`params.w_ih` must have shape [{4 * H}, input_size] for {self!r}; "
+            raise ValueError(f"`{name}.w_ih` must have shape [{4 * H}, input_size] for {self!r}; "
                              f"got {getattr(w_ih, 'shape', type(w_ih).__name__)}.")
-        C.check_array(w_ih, "params.w_ih", w_ih.shape)
-        C.check_array(params.w_hh, "params.w_hh", (4 * H, H))
-        for name in ("b_ih", "b_hh"):
-            value = getattr(params, name)
+        C.check_array(w_ih, f"{name}.w_ih", w_ih.shape)
+        C.check_array(params.w_hh, f"{name}.w_hh", (4 * H, H))
+        for field in ("b_ih", "b_hh"):
+            value = getattr(params, field)
             if self.bias:
-                C.check_array(value, f"params.{name}", (4 * H,))
+                C.check_array(value, f"{name}.{field}", (4 * H,))
             elif value is not None:
-                raise ValueError(f"`params.{name}` must be None for {self!r}; got an array.")
-        for name in ("w_ci", "w_cf", "w_co"):
-            C.check_array(getattr(params, name), f"params.{name}", (H,))
+                raise ValueError(f"`{name}.{field}` must be None for {self!r}; got an array.")
+        for field in ("w_ci", "w_cf", "w_co"):
+            C.check_array(getattr(params, field), f"{name}.{field}", (H,))
         return int(w_ih.shape[1])
 
     def project(self, params: PeepholeLSTMParams, xs: Array) -> Array:
