@@ -9,3 +9,5 @@ from jaxrnn.zoo.peephole import PeepholeLSTMCell, PeepholeLSTMParams, peephole_l
 from jaxrnn.zoo.layernorm import LayerNormGRUCell, LayerNormGRUParams, LayerNormLSTMCell, LayerNormLSTMParams, layernorm_gru, layernorm_lstm
 from jaxrnn.zoo.convlstm import ConvLSTMCell, ConvLSTMParams, conv_lstm
 from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
+from jaxrnn.zoo.mingru import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
+from jaxrnn.zoo.lru import LRUCell, LRUParams, LRUState, lru
