@@ -439,6 +439,15 @@ class RNNCell(Cell):
             d = jnp.where(new[0] > 0, g_new[0], 0.0)
         return d, d, (None,)
 
+    def jacobian_diagonal(self, params, h, x: Array) -> Array:
+        """The diagonal of ``dh'/dh`` of :meth:`step` (no checks), ``[*batch, H]``:
+        ``act'(s) * diag(W_hh)``. Newton evaluation over time uses it (:mod:`jaxrnn.newton`)."""
+        a = _matmul(h, params.w_hh, self.compute_dtype)
+        (r,), _ = self.pointwise(self.project(params, x), a, (h,), save=True)
+        w = jnp.diagonal(params.w_hh).astype(r.dtype)
+        d = (1.0 - r * r) * w if self.nonlinearity == "tanh" else jnp.where(r > 0, w, 0.0)
+        return d.astype(h.dtype)
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class GRUCell(Cell):
@@ -491,6 +500,22 @@ class GRUCell(Cell):
         # d(a_n) = d(gx_n) * r; the other gates share gx's cotangent.
         H = self.hidden_size
         return jnp.concatenate([dgx[..., : 2 * H], dgx[..., 2 * H :] * saved[0][..., :H]], axis=-1)
+
+    def jacobian_diagonal(self, params, h, x: Array) -> Array:
+        """The diagonal of ``dh'/dh`` of :meth:`step` (no checks), ``[*batch, H]``, with
+        ``w_r, w_z, w_n`` the diagonals of ``W_hr, W_hz, W_hn`` (:mod:`jaxrnn.newton` uses it)::
+
+            z + (h - n) z (1 - z) w_z + (1 - z)(1 - n^2)(r w_n + (W_hn h + b_hn) r (1 - r) w_r)
+        """
+        H = self.hidden_size
+        a = _matmul(h, params.w_hh, self.compute_dtype)
+        if self.bias:
+            a = a + params.b_hh.astype(a.dtype)
+        _, (rz, n, a_n) = self.pointwise(self.project(params, x), a, (h,), save=True)
+        r, z = rz[..., :H], rz[..., H:]
+        w_r, w_z, w_n = jnp.diagonal(params.w_hh.reshape(3, H, H), axis1=1, axis2=2).astype(n.dtype)
+        d = z + (h - n) * (z - z * z) * w_z + (1.0 - z) * (1.0 - n * n) * (r * w_n + a_n * (r - r * r) * w_r)
+        return d.astype(h.dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -565,6 +590,26 @@ class LSTMCell(Cell):
         one, lin = _lstm_deriv_constants(H)
         d = dact * (one + lin * act - act * act)
         return d, d, (None, dc * f)
+
+    def jacobian_diagonal(self, params, h, x: Array) -> LSTMState:
+        """The diagonals of ``dh'/dh`` and ``dc'/dc = f`` of :meth:`step` (no checks), as an
+        :class:`LSTMState` (:mod:`jaxrnn.newton` uses it). With ``m = o tanh(c')`` and
+        ``k_* = dm/ds_*`` per gate, ``dh'/dh = sum_* k_* diag(W_h*)``, or with a projection
+        ``dh'_p/dh_p = sum_k W_hr[p, k] sum_* k_*[k] W_h*[k, p]``."""
+        H = self.hidden_size
+        (m, c_new), (act,) = self.pointwise(self.project(params, x), _matmul(h[0], params.w_hh, self.compute_dtype),
+                                            tuple(h), save=True)
+        i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
+        tc = jnp.tanh(c_new)
+        dm_dc = o * (1.0 - tc * tc)
+        k = ((i - i * i) * g * dm_dc, (f - f * f) * h[1] * dm_dc, (1.0 - g * g) * i * dm_dc, (o - o * o) * tc)
+        blocks = params.w_hh.reshape(4, H, -1).astype(m.dtype)
+        if self.proj_size:
+            w_hr_t = params.w_hr.T.astype(m.dtype)
+            dh = sum(kg @ (blk * w_hr_t) for kg, blk in zip(k, blocks))
+        else:
+            dh = sum(kg * jnp.diagonal(blk) for kg, blk in zip(k, blocks))
+        return LSTMState(dh.astype(h[0].dtype), f.astype(h[1].dtype))
 
 
 def _sigmoid(x: Array) -> Array:

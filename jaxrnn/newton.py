@@ -30,10 +30,10 @@ iterations.
 
 The Jacobian diagonal comes, in this order of preference, from
 
-* the cell's optional method ``jacobian_diagonal(params, h, x)`` (a pytree like ``h``);
-* closed forms for the built-in ``jaxrnn.rnn/gru/lstm`` cells (about the cost of one
-  more step);
-* forward-mode ``jax.jvp`` of the step with one basis vector per state entry: ``D``
+* the cell's optional method ``jacobian_diagonal(params, h, x)`` (a pytree like ``h``),
+  which the built-in ``jaxrnn.rnn/gru/lstm`` cells have, in closed form (about the cost
+  of one more step);
+* otherwise forward-mode ``jax.jvp`` of the step with one basis vector per state entry: ``D``
   Jacobian-vector products per time step and iteration (about ``2D`` step evaluations;
   fine for small states, costly for large ones -- give such a cell a
   ``jacobian_diagonal``). The dense Jacobian always comes from ``D`` such products.
@@ -651,65 +651,7 @@ _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
 def _diagonal_fn(cell) -> Optional[Callable]:
-    """``(params, h, x) -> diag(dh'/dh)`` as a pytree like ``h``, or None for forward-mode."""
+    """The cell's ``jacobian_diagonal(params, h, x)`` (a pytree like ``h``), or None for
+    the forward-mode diagonal."""
     method = getattr(cell, "jacobian_diagonal", None)
-    if callable(method):
-        return method
-    from jaxrnn.cells import Cell  # the built-in cells, until they carry the method themselves
-
-    kind = getattr(cell, "kind", None) if isinstance(cell, Cell) else None
-    if kind in ("rnn_tanh", "rnn_relu", "gru", "lstm"):
-        return functools.partial(_builtin_diagonal, kind)
-    return None
-
-
-def _block_diagonals(w: Array, G: int) -> Array:
-    """``[G, H]``: the diagonal of each square ``[H, H]`` block of ``w`` (``[G*H, H]``)."""
-    H = w.shape[1]
-    return jnp.diagonal(w.reshape(G, H, H), axis1=1, axis2=2)
-
-
-def _builtin_diagonal(kind, params, h, x):
-    """Closed-form ``diag(dh'/dh)`` of the built-in RNN, GRU and LSTM steps (PyTorch's
-    equations and layout, see :mod:`jaxrnn.cells`), in float32 (float64 with x64)."""
-    dt = jnp.promote_types(jnp.result_type(x, params.w_hh), jnp.float32)
-    f32 = lambda a: None if a is None else jnp.asarray(a, dt)
-    w_ih, w_hh, b_ih, b_hh = f32(params.w_ih), f32(params.w_hh), f32(params.b_ih), f32(params.b_hh)
-    x = jnp.asarray(x, dt)
-    hh = jnp.asarray(h[0] if kind == "lstm" else h, dt)
-    gx = x @ w_ih.T + (0.0 if b_ih is None else b_ih)
-    a = hh @ w_hh.T + (0.0 if b_hh is None else b_hh)
-    sig = lambda v: 0.5 * jnp.tanh(0.5 * v) + 0.5
-    if kind.startswith("rnn"):
-        (w,) = _block_diagonals(w_hh, 1)
-        s = gx + a
-        d = (1.0 - jnp.tanh(s) ** 2) * w if kind == "rnn_tanh" else jnp.where(s > 0, w, 0.0)
-        return d.astype(h.dtype)
-    if kind == "gru":
-        H = hh.shape[-1]
-        w_r, w_z, w_n = _block_diagonals(w_hh, 3)
-        r = sig(gx[..., :H] + a[..., :H])
-        z = sig(gx[..., H:2 * H] + a[..., H:2 * H])
-        a_n = a[..., 2 * H:]
-        n = jnp.tanh(gx[..., 2 * H:] + r * a_n)
-        dn = (1.0 - n * n) * (r * w_n + a_n * r * (1.0 - r) * w_r)
-        d = z + (hh - n) * z * (1.0 - z) * w_z + (1.0 - z) * dn
-        return d.astype(h.dtype)
-    # LSTM: state (h, c); c' = f c + i g, m = o tanh(c'), h' = m (or W_hr m).
-    c = jnp.asarray(h[1], dt)
-    Hc = c.shape[-1]
-    s = gx + a
-    i, f = sig(s[..., :Hc]), sig(s[..., Hc:2 * Hc])
-    g, o = jnp.tanh(s[..., 2 * Hc:3 * Hc]), sig(s[..., 3 * Hc:])
-    tc = jnp.tanh(f * c + i * g)
-    dm = o * (1.0 - tc * tc)
-    coef = (i * (1.0 - i) * g * dm, f * (1.0 - f) * c * dm, (1.0 - g * g) * i * dm, o * (1.0 - o) * tc)
-    if params.w_hr is None:
-        wd = _block_diagonals(w_hh, 4)
-        dh = sum(k * w for k, w in zip(coef, wd))
-    else:
-        # dh'_p/dh_p = sum_k W_hr[p, k] * sum_gates coef_k * W_h*[k, p]
-        w_hr = f32(params.w_hr)
-        blocks = w_hh.reshape(4, Hc, w_hh.shape[1])
-        dh = sum(k @ (blk * w_hr.T) for k, blk in zip(coef, blocks))
-    return type(h)(dh.astype(h[0].dtype), f.astype(h[1].dtype))
+    return method if callable(method) else None

@@ -290,15 +290,17 @@ def test_divergence_is_contained():
 
 @pytest.mark.parametrize("cell", [jaxrnn.rnn(5), jaxrnn.rnn(5, nonlinearity="relu"), jaxrnn.gru(5),
                                   jaxrnn.lstm(5), jaxrnn.lstm(5, proj_size=3)], ids=repr)
-def test_closed_form_diagonals_against_jacfwd(cell):
+def test_builtin_jacobian_diagonal_against_jacfwd(cell):
     params = cell.init(jax.random.key(0), 4)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
     h = _random_state(cell.initial_state((3,)), 1)
 
+    assert _diagonal_fn(cell) == cell.jacobian_diagonal
+
     @jax.jit
     def both(params, h, x):
-        diag = _diagonal_fn(cell)(params, h, x)
+        diag = cell.jacobian_diagonal(params, h, x)
         out = []
         for b in range(3):
             flat, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[b], h))
