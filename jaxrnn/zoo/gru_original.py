@@ -81,37 +81,39 @@ class OriginalGRUCell:
         """Initial parameters for inputs of size ``input_size`` (see ``init_scheme``)."""
         input_size = C.check_positive_int(input_size, "input_size")
         H = self.hidden_size
-        k_ih, k_hh, k_b = jax.random.split(key, 3)
-        w_ih = C.gate_blocks(k_ih, self.init_scheme, 3, H, input_size, dtype, recurrent=False)
-        w_hh = C.gate_blocks(k_hh, self.init_scheme, 3, H, H, dtype, recurrent=True)
+        if self.init_scheme == "uniform":
+            shapes = [(3 * H, input_size), (3 * H, H), (3 * H,), (3 * H,)]
+            w_ih, w_hh, b_ih, b_hh = C.uniform(key, shapes, 1.0 / math.sqrt(H), dtype)
+        else:
+            k_ih, k_hh = jax.random.split(key)
+            w_ih = C.gate_blocks(k_ih, 3, H, input_size, dtype, recurrent=False)
+            w_hh = C.gate_blocks(k_hh, 3, H, H, dtype, recurrent=True)
+            b_ih = b_hh = jnp.zeros((3 * H,), dtype)
         if not self.bias:
             b_ih = b_hh = None
-        elif self.init_scheme == "uniform":
-            b_ih, b_hh = C.uniform(k_b, (2, 3 * H), 1.0 / math.sqrt(H), dtype)
-        else:
-            b_ih = b_hh = jnp.zeros((3 * H,), dtype)
         return OriginalGRUParams(w_ih, w_hh, b_ih, b_hh)
 
     def initial_state(self, batch_shape: Sequence[int] = (), dtype=jnp.float32) -> Array:
         """Zero state ``[*batch_shape, H]``."""
         return jnp.zeros(tuple(batch_shape) + (self.hidden_size,), dtype)
 
-    def check_params(self, params) -> int:
-        """Checks ``params`` against this cell; returns the input size ``I``."""
-        C.check_params_type(params, OriginalGRUParams, self)
+    def check_params(self, params, name: str = "params") -> int:
+        """Checks ``params`` (called ``name`` in messages) against this cell; returns the
+        input size ``I``."""
+        C.check_params_type(params, OriginalGRUParams, self, name)
         H = self.hidden_size
         w_ih = params.w_ih
         if getattr(w_ih, "ndim", None) != 2 or w_ih.shape[0] != 3 * H:
-            raise ValueError(f"`params.w_ih` must have shape [{3 * H}, input_size] for {self!r}; "
+            raise ValueError(f"`{name}.w_ih` must have shape [{3 * H}, input_size] for {self!r}; "
                              f"got {getattr(w_ih, 'shape', type(w_ih).__name__)}.")
-        C.check_array(w_ih, "params.w_ih", w_ih.shape)
-        C.check_array(params.w_hh, "params.w_hh", (3 * H, H))
-        for name in ("b_ih", "b_hh"):
-            value = getattr(params, name)
+        C.check_array(w_ih, f"{name}.w_ih", w_ih.shape)
+        C.check_array(params.w_hh, f"{name}.w_hh", (3 * H, H))
+        for field in ("b_ih", "b_hh"):
+            value = getattr(params, field)
             if self.bias:
-                C.check_array(value, f"params.{name}", (3 * H,))
+                C.check_array(value, f"{name}.{field}", (3 * H,))
             elif value is not None:
-                raise ValueError(f"`params.{name}` must be None for {self!r}; got an array.")
+                raise ValueError(f"`{name}.{field}` must be None for {self!r}; got an array.")
         return int(w_ih.shape[1])
 
     def project(self, params: OriginalGRUParams, xs: Array) -> Array:
