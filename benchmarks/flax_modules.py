@@ -2,12 +2,15 @@
 
 For every shape ``B x T x I x H`` and cell (LSTM, GRU) this times, in one process, the
 gradient of ``mean(ys**2)`` with respect to the parameters and the inputs (fwd+bwd) of
-one recurrent layer run over the whole sequence from a zero state, as five programs
-computing the same function from the same weights:
+one recurrent layer run over the whole sequence from a zero state, as programs
+computing the same function from the same weights (six, counting one module twice):
 
 * ``functional``: ``jax.jit(jax.grad(...))`` of ``jaxrnn.unroll(cell, params, None, xs)``;
 * ``jaxrnn.nnx``: ``nnx.jit(nnx.grad(...))`` of a ``jaxrnn.nnx.RNN`` module, the way an
   NNX training step is written (the module goes through ``nnx.jit`` at every call);
+* ``jaxrnn.nnx(split)``: the same module split once (``nnx.split``) and merged inside a
+  ``jax.jit(jax.grad(...))``, flax's advice for hot loops: the module without
+  ``nnx.jit``'s per-call Python work;
 * ``jaxrnn.linen``: ``jax.jit(jax.grad(...))`` of ``jaxrnn.linen.RNN(cell).apply``;
 * ``flax.nnx``: ``nnx.jit(nnx.grad(...))`` of flax's ``nnx.RNN(nnx.OptimizedLSTMCell)``
   / ``nnx.RNN(nnx.GRUCell)``;
@@ -22,6 +25,13 @@ most 1.05x the functional call, and at most 0.8x flax's own module of the same A
 Timing: one compile and one warm-up call each, then ``--rounds`` interleaved rounds
 (the order rotating), each program running back-to-back calls for ``--min-time`` seconds
 per round; the median over rounds of the time per call is reported, with ratios.
+
+On a loaded machine wall-clock times of multi-threaded code are mostly noise; ``--clock
+cpu`` times the process's CPU time instead, meaningful only with XLA on one thread (as
+``benchmarks/peers.py``)::
+
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+        python benchmarks/flax_modules.py --clock cpu
 
 Usage::
 
@@ -50,10 +60,11 @@ import jaxrnn.linen  # noqa: E402
 import jaxrnn.nnx  # noqa: E402
 from jaxrnn.interop.flax import to_flax_linen, to_flax_nnx  # noqa: E402
 
-IMPLS = ("functional", "jaxrnn.nnx", "jaxrnn.linen", "flax.nnx", "flax.linen")
+IMPLS = ("functional", "jaxrnn.nnx", "jaxrnn.nnx(split)", "jaxrnn.linen", "flax.nnx", "flax.linen")
 DEFAULT_SHAPES = "32x128x256x256,1x1000x128x128"
 #: (numerator, denominator, bound): the issue's acceptance ratios.
-BOUNDS = (("jaxrnn.nnx", "functional", 1.05), ("jaxrnn.linen", "functional", 1.05),
+BOUNDS = (("jaxrnn.nnx", "functional", 1.05), ("jaxrnn.nnx(split)", "functional", 1.05),
+          ("jaxrnn.linen", "functional", 1.05),
           ("jaxrnn.nnx", "flax.nnx", 0.8), ("jaxrnn.linen", "flax.linen", 0.8))
 
 
@@ -85,12 +96,19 @@ def make_programs(kind: str, shape, seed: int = 0) -> dict:
     programs["jaxrnn.nnx"] = (
         nnx.jit(nnx.grad(lambda m, x: _loss(m(x)[1]), argnums=(0, 1))), (module, xs), lambda g: g[1])
 
+    # The same module through nnx.split once and jax.jit (flax's advice for hot loops):
+    # the module's own cost without nnx.jit's per-call graph traversal.
+    graphdef, state = nnx.split(module)
+    programs["jaxrnn.nnx(split)"] = (
+        jax.jit(jax.grad(lambda st, x: _loss(nnx.merge(graphdef, st)(x)[1]), argnums=(0, 1))),
+        (state, xs), lambda g: g[1])
+
     lin = jaxrnn.linen.RNN(cell)
     programs["jaxrnn.linen"] = (
         jax.jit(jax.grad(lambda v, x: _loss(lin.apply(v, x)[1]), argnums=(0, 1))),
         (jaxrnn.linen.variables(params), xs), lambda g: g[1])
 
-    flax_nnx = nnx.RNN(to_flax_nnx(params), rngs=False)
+    flax_nnx = nnx.RNN(to_flax_nnx(params))
     programs["flax.nnx"] = (
         nnx.jit(nnx.grad(lambda m, x: _loss(m(x)), argnums=(0, 1))), (flax_nnx, xs), lambda g: g[1])
 
@@ -102,14 +120,15 @@ def make_programs(kind: str, shape, seed: int = 0) -> dict:
     return programs
 
 
-def time_calls(fn, args, n: int) -> float:
-    """Mean seconds per call over ``n`` back-to-back calls, waiting for the last result."""
-    t0 = time.perf_counter()
-    out = None
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_calls(fn, args, n: int, clock=time.perf_counter) -> float:
+    """Mean seconds per call over ``n`` back-to-back calls, each waited on."""
+    t0 = clock()
     for _ in range(n):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / n
+        jax.block_until_ready(fn(*args))
+    return (clock() - t0) / n
 
 
 def run_case(kind: str, shape, args, log) -> dict:
@@ -127,9 +146,9 @@ def run_case(kind: str, shape, args, log) -> dict:
     ok = all(v <= 1e-4 for v in check.values())
     log(f"  check dL/dxs vs functional (max rel diff): " + ", ".join(f"{k} {v:.1e}" for k, v in check.items())
         + ("  ok" if ok else "  MISMATCH"))
-    calls = {}
+    calls, clock = {}, CLOCKS[args.clock]
     for name, (fn, fargs, _) in programs.items():
-        t = time_calls(fn, fargs, 1)
+        t = time_calls(fn, fargs, 1, clock)
         calls[name] = max(1, min(args.max_calls, math.ceil(args.min_time / max(t, 1e-6))))
     names = list(programs)
     samples = {name: [] for name in names}
@@ -137,7 +156,7 @@ def run_case(kind: str, shape, args, log) -> dict:
         k = r % len(names)
         for name in names[k:] + names[:k]:
             fn, fargs, _ = programs[name]
-            samples[name].append(1e3 * time_calls(fn, fargs, calls[name]))
+            samples[name].append(1e3 * time_calls(fn, fargs, calls[name], clock))
     med = {name: statistics.median(v) for name, v in samples.items()}
     ratios = {f"{a} / {b}": med[a] / med[b] for a, b, _ in BOUNDS}
     bounds = {f"{a} / {b}": {"ratio": med[a] / med[b], "bound": bound, "met": med[a] / med[b] <= bound}
@@ -157,7 +176,8 @@ def markdown(report: dict) -> str:
         f"Device: {env['device']} ({env['cpu_count']} CPUs); jax {env['jax']}, flax {report['flax']}, "
         f"jaxrnn {env['jaxrnn']}. fwd+bwd = gradient of mean(ys**2) w.r.t. the parameters and the inputs, one "
         f"layer, zero initial state. {cfg['rounds']} interleaved rounds of >= {cfg['min_time']} s per sample; "
-        "median ms per call (wall clock). Bounds (issue 13): module / functional <= 1.05, "
+        f"median ms per call ({cfg['clock']} clock"
+        + (f"; XLA_FLAGS={cfg['xla_flags']!r}" if cfg["xla_flags"] else "") + "). Bounds (issue 13): module / functional <= 1.05, "
         "jaxrnn module / flax's module of the same API <= 0.8.",
         "",
         "| cell | B×T×I×H | " + " | ".join(f"{n} ms" for n in IMPLS) + " | "
@@ -184,6 +204,9 @@ def main(argv=None) -> dict:
     p.add_argument("--min-time", type=float, default=None, help="seconds per sample (default 0.3; 0.05 with --quick)")
     p.add_argument("--max-calls", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall time (default), or the process's CPU time: steadier on a loaded machine, "
+                        "meaningful only when XLA runs on one thread (see the module docstring)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None, help="default: benchmarks/results/flax_modules_<device>.json (not with --quick)")
     p.add_argument("--md", default=None, help="default: next to the JSON")
@@ -203,7 +226,8 @@ def main(argv=None) -> dict:
     log = lambda msg: print(msg, flush=True)
     log(f"{env['device']} | jax {env['jax']} | flax {flax.__version__} | jaxrnn {env['jaxrnn']}")
     config = dict(shapes=[list(s) for s in shapes], cells=cells, rounds=args.rounds, min_time=args.min_time,
-                  max_calls=args.max_calls, seed=args.seed, quick=args.quick)
+                  max_calls=args.max_calls, seed=args.seed, quick=args.quick, clock=args.clock,
+                  xla_flags=os.environ.get("XLA_FLAGS", ""))
     report = {"benchmark": "flax_modules", "env": env, "flax": flax.__version__, "config": config, "cases": []}
     t_start = time.perf_counter()
     for shape in shapes:
