@@ -1,6 +1,6 @@
 """The original GRU (reset gate before the recurrent product): against a plain numpy loop
 of its equations in float64, against Keras' ``GRU(reset_after=False)``, and through
-``jaxrnn.unroll`` / ``jaxrnn.stack`` once they take cell objects."""
+``jaxrnn.unroll`` / ``jaxrnn.stack``."""
 
 import os
 
@@ -176,24 +176,12 @@ def test_matches_keras_gru_reset_before(use_bias):
     np.testing.assert_allclose(np.asarray(h), np.asarray(h_k), atol=1e-5, rtol=1e-5)
 
 
-def _takes_cell_objects():
-    import jaxrnn
-
-    try:
-        jaxrnn.unroll(gru_original(2), gru_original(2).init(jax.random.key(0), 1), None, jnp.ones((1, 1, 1)))
-    except TypeError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("reverse", [False, True])
 def test_unroll_ragged(reverse):
     """Through ``jaxrnn.unroll`` with ragged lengths (one of them 0), a random initial state
     and both directions, against the numpy loop."""
     import jaxrnn
 
-    if not _takes_cell_objects():
-        pytest.skip("jaxrnn.unroll does not take cell objects yet (issue 12's contract).")
     cell = gru_original(H)
     p = random_params(H, I, seed=12)
     rng = np.random.default_rng(13)
@@ -211,8 +199,6 @@ def test_bidirectional_stack_with_builtin():
     the first layer (the stack's first-layer output is the two directions concatenated)."""
     import jaxrnn
 
-    if not _takes_cell_objects():
-        pytest.skip("jaxrnn.stack does not take cell objects yet (issue 12's contract).")
     net = jaxrnn.stack([gru_original(H), jaxrnn.lstm(4)], bidirectional=True, head=2)
     params = net.init(jax.random.key(1), I)
     f, b = random_params(H, I, seed=14), random_params(H, I, seed=15)
