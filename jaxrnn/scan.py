@@ -251,6 +251,8 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
     if unroll < 1:
         raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
     step, inputs = _plan(cell, params, h, xs_T, hoist)
+    if flags is not None and reset is None:
+        reset = jax.tree.map(jnp.zeros_like, h)
     mask = None if lengths is None else jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) < lengths
 
     def body(h, inp):

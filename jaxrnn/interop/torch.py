@@ -36,15 +36,24 @@ class TorchRNN:
 
     net: Stack
     batch_first: bool = False
+    input_size: Optional[int] = None
 
     @property
     def mode(self) -> str:
         kind = self.net.cells[0].kind
         return {"rnn_tanh": "RNN", "rnn_relu": "RNN", "gru": "GRU", "lstm": "LSTM"}[kind]
 
-    def __call__(self, params: StackParams, h, xs, seq_lengths=None, *, key=None, unroll=None, remat=False):
-        """``(params, h_0, xs) -> (h_n, ys)`` in torch's layouts (see the module docstring)."""
+    def __call__(self, params: StackParams, h, xs, seq_lengths=None, *, resets=None, key=None, unroll=None,
+                 remat=False):
+        """``(params, h_0, xs) -> (h_n, ys)`` in torch's layouts (see the module docstring);
+        ``resets`` (``[B, T]`` if ``batch_first`` else ``[T, B]``) as in :func:`jaxrnn.unroll`."""
         net = self.net
+        if self.input_size is not None:
+            got = net.check_params(params)
+            if got != self.input_size:
+                raise ValueError(
+                    f"`params` do not fit this network: it was built for input size {self.input_size} "
+                    f"(the torch module's), the params take {got}.")
         if not hasattr(xs, "ndim"):
             xs = jnp.asarray(xs)
         if xs.ndim not in (2, 3):
@@ -52,7 +61,7 @@ class TorchRNN:
         unbatched = xs.ndim == 2
         batch_shape = () if unbatched else ((xs.shape[0],) if self.batch_first else (xs.shape[1],))
         states = None if h is None else self._split_state(h, batch_shape)
-        states, ys = net(params, states, xs, seq_lengths=seq_lengths, key=key,
+        states, ys = net(params, states, xs, seq_lengths=seq_lengths, resets=resets, key=key,
                          time_major=not self.batch_first, unroll=unroll, remat=remat)
         return self._join_state(states), ys
 
@@ -135,7 +144,7 @@ def from_torch(module):
                 dirs.append((GRUParams if mode == "GRU" else RNNParams)(*fields))
         layers.append(Bidirectional(*dirs) if module.bidirectional else dirs[0])
     params = StackParams(tuple(layers), None)
-    tnet = TorchRNN(net, batch_first=module.batch_first)
+    tnet = TorchRNN(net, batch_first=module.batch_first, input_size=module.input_size)
     net.check_params(params)
     return tnet, params
 
@@ -169,6 +178,9 @@ def to_torch(net: TorchRNN | Stack, params: StackParams, *, batch_first: Optiona
     stack_ = net.net if isinstance(net, TorchRNN) else net
     if batch_first is None:
         batch_first = net.batch_first if isinstance(net, TorchRNN) else True
+    if not all(isinstance(c, Cell) for c in stack_.cells):
+        raise ValueError("`net` must be made of jaxrnn.rnn/gru/lstm cells: torch.nn.RNN/GRU/LSTM have no "
+                         f"counterpart for {[c for c in stack_.cells if not isinstance(c, Cell)]}.")
     kinds = {c.kind for c in stack_.cells}
     sizes = {(c.hidden_size, c.proj_size, c.bias) for c in stack_.cells}
     if len(kinds) != 1 or len(sizes) != 1:
