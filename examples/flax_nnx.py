@@ -148,6 +148,8 @@ def main(
     optimizers = {name: nnx.Optimizer(m, optax.adam(schedule), wrt=nnx.Param) for name, m in models.items()}
     seconds = {name: 0.0 for name in models}
     compile_seconds = {}     # each model's first step, compilation included, timed on its own
+    initial = {name: evaluate(model, x_test, y_test) for name, model in models.items()}
+    say("before training, test loss " + ", ".join(f"{name} {float(initial[name][0]):.6f}" for name in models))
     rng = np.random.default_rng(seed)
     history = {name: [] for name in models}
     for epoch in range(epochs):
@@ -174,6 +176,7 @@ def main(
         results["models"][name] = {
             "test_accuracy": float(test_acc),
             "test_loss": float(test_loss),
+            "initial_test_loss": float(initial[name][0]),
             "train_seconds": seconds[name],
             "compile_seconds": compile_seconds[name],
             "train_loss_per_epoch": history[name],

@@ -408,21 +408,19 @@ def test_flax_nnx_cell_weights_give_flax_outputs_and_gradients(kind):
 
     def flax_loss(m):
         carry, ys = nnx.RNN(m, return_carry=True)(XS, initial_carry=carry0, seq_lengths=lengths)
-        return jnp.sum(_valid(ys, lengths) * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry)) ** 2)
+        ys = _valid(ys, lengths)
+        loss = jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry)) ** 2)
+        return loss, (ys, carry)
 
     def jaxrnn_loss(m):
         cell, params = from_flax(m)
         h, ys = jaxrnn.unroll(cell, params, carry_from_flax(carry0), XS, seq_lengths=lengths)
-        return jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry_to_flax(h))) ** 2)
+        carry = carry_to_flax(h)
+        return jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry)) ** 2), (ys, carry)
 
-    @nnx.jit
-    def both(m):
-        carry, ys = nnx.RNN(m, return_carry=True)(XS, initial_carry=carry0, seq_lengths=lengths)
-        cell, params = from_flax(m)
-        h, ys2 = jaxrnn.unroll(cell, params, carry_from_flax(carry0), XS, seq_lengths=lengths)
-        g_flax, g_ours = nnx.grad(flax_loss)(m), nnx.grad(jaxrnn_loss)(m)
-        return (_valid(ys, lengths), carry, flax_loss(m), g_flax), (ys2, carry_to_flax(h), jaxrnn_loss(m), g_ours)
-
+    # Outputs, final carries, loss and gradients, flax's and through the conversion.
+    both = nnx.jit(lambda m: (nnx.value_and_grad(flax_loss, has_aux=True)(m),
+                              nnx.value_and_grad(jaxrnn_loss, has_aux=True)(m)))
     flax_out, ours = both(module)
     _close(jax.tree.map(lambda v: v[...], ours), jax.tree.map(lambda v: v[...], flax_out))
     # And back: the same flax weights (the outputs of to_flax_nnx are tested below).
@@ -441,20 +439,16 @@ def test_flax_linen_cell_weights_give_flax_outputs_and_gradients(kind):
 
     def flax_loss(p):
         carry, ys = layer.apply({"params": {"cell": p}}, XS, initial_carry=carry0)
-        return jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry)) ** 2)
+        return jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry)) ** 2), (ys, carry)
 
     def jaxrnn_loss(p):
         cell, params = from_flax(p)
         h, ys = jaxrnn.unroll(cell, params, carry_from_flax(carry0), XS)
-        return jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry_to_flax(h))) ** 2)
+        carry = carry_to_flax(h)
+        return jnp.sum(ys * TARGET[..., :1]) + jnp.sum(jnp.stack(jax.tree.leaves(carry)) ** 2), (ys, carry)
 
-    @jax.jit
-    def both(p):
-        carry, ys = layer.apply({"params": {"cell": p}}, XS, initial_carry=carry0)
-        cell, params = from_flax(p)
-        h, ys2 = jaxrnn.unroll(cell, params, carry_from_flax(carry0), XS)
-        return (ys, carry, jax.grad(flax_loss)(p)), (ys2, carry_to_flax(h), jax.grad(jaxrnn_loss)(p))
-
+    both = jax.jit(lambda p: (jax.value_and_grad(flax_loss, has_aux=True)(p),
+                              jax.value_and_grad(jaxrnn_loss, has_aux=True)(p)))
     flax_out, ours = both(cell_params)
     _close(ours, flax_out)
     cell, params = from_flax(cell_params)
@@ -493,13 +487,13 @@ def test_flax_conversion_errors():
         from_flax({"ii": {}})
     with pytest.raises(ValueError, match="`source.gate_fn`"):
         from_flax(nnx.GRUCell(2, 3, gate_fn=jax.nn.relu, rngs=nnx.Rngs(0)))
-    proj = jaxrnn.lstm(4, proj_size=2)
+    w = lambda *shape: np.zeros(shape, np.float32)
     with pytest.raises(ValueError, match="w_hr"):
-        to_flax_linen(proj.init(jax.random.key(0), 3))
+        to_flax_linen(jaxrnn.LSTMParams(w(16, 3), w(16, 2), w(16), w(16), w(2, 4)))
     with pytest.raises(TypeError, match="LSTMParams or GRUParams"):
-        to_flax_linen(jaxrnn.rnn(4).init(jax.random.key(0), 3))
+        to_flax_linen(jaxrnn.RNNParams(w(4, 3), w(4, 4), w(4), w(4)))
     with pytest.raises(ValueError, match="`cell_type`"):
-        to_flax_nnx(jaxrnn.lstm(4).init(jax.random.key(0), 3), nnx.GRUCell)
+        to_flax_nnx(jaxrnn.LSTMParams(w(16, 3), w(16, 4), w(16), w(16)), nnx.GRUCell)
 
 
 def test_module_errors():
