@@ -109,3 +109,20 @@ def test_bad_arguments(example):
         example["make_model"]("lstm", 4, 3)
     with pytest.raises(ValueError, match="`context_min`"):
         example["main"](context=10, context_min=11, progress=False, plot_path=None)
+
+
+def test_mgu_projection_is_hoisted(example):
+    """The example says ``unroll`` lifts ``x @ W + b`` out of the loop by itself: the
+    automatic split puts that product in the part run for all steps at once, and the loop
+    body keeps only the two products with ``h``."""
+    from jaxrnn.hoist import split
+
+    p, mgu = _params(example), example["mgu"]
+    h, x, xs_T = jnp.zeros((4, 3)), jnp.zeros((4, 2)), jnp.zeros((5, 4, 2))
+    parts = split(mgu, p, h, x)
+    assert parts is not None
+    count = lambda f, *a: str(jax.make_jaxpr(f)(*a)).count("dot_general")
+    r_T = parts.precompute(p, xs_T)
+    assert count(mgu, p, h, x) == 3
+    assert count(parts.precompute, p, xs_T) == 1
+    assert count(parts.body, parts.constants(p), h, jax.tree.map(lambda a: a[0], r_T)) == 2

@@ -486,26 +486,32 @@ def state_shape_of(cell):
     return tuple(jax.tree.leaves(cell.initial_state(()))[0].shape)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("case", ["zero_state", "resets", "reverse_resets"])
 @pytest.mark.parametrize("name", CELLS)
-def test_unroll_matches_loop_of_step(name, reverse, assert_close):
+def test_unroll_matches_loop_of_step(name, case, assert_close):
     """``jaxrnn.unroll`` of each cell object (its hoisted ``project``/``update`` path) with
-    ragged lengths including 0, resets, in both directions, against :func:`loop_reference`.
-    (Lengths without resets: the stack test below.)"""
+    ragged lengths including 0, against :func:`loop_reference`: from the cell's own
+    ``initial_state`` (``h=None``; ConvLSTM's from its ``spatial_shape``) without resets,
+    and from a random state with resets in both directions."""
     import jaxrnn
 
     cell = make(name)
     p = random_params(cell, seed=12)
     T = 5
     xs = random_inputs(name, (3, T), seed=13)
-    h0 = random_state(name, (3,), seed=14)
     lengths = np.array([T, 0, 3])
     resets = np.zeros((3, T), bool)
-    resets[0, [0, 2, 3]] = True        # a reset at 0, then segments [0,2) [2,3) [3,5)
-    resets[2, [1, 4]] = True           # segments [0,1) [1,3); the reset at 4 lies past the length
+    if case == "zero_state":
+        h0, h0_ref, resets_in = None, cell.initial_state((3,)), None
+    else:
+        h0 = h0_ref = random_state(name, (3,), seed=14)
+        resets[0, [0, 2, 3]] = True        # a reset at 0, then segments [0,2) [2,3) [3,5)
+        resets[2, [1, 4]] = True           # segments [0,1) [1,3); the reset at 4 lies past the length
+        resets_in = jnp.asarray(resets)
+    reverse = case == "reverse_resets"
     h, ys = jax.jit(lambda p, h0, xs: jaxrnn.unroll(cell, p, h0, xs, seq_lengths=jnp.asarray(lengths),
-                                                    resets=jnp.asarray(resets), reverse=reverse))(p, h0, xs)
-    h_ref, ys_ref = loop_reference(cell, p, h0, xs, lengths, resets, reverse=reverse)
+                                                    resets=resets_in, reverse=reverse))(p, h0, xs)
+    h_ref, ys_ref = loop_reference(cell, p, h0_ref, xs, lengths, resets, reverse=reverse)
     assert_close(ys, ys_ref)
     assert_close(h, h_ref)
 
@@ -549,8 +555,9 @@ def test_unroll_gradients_match_loop(name):
 
 @pytest.mark.parametrize("name", ["peephole", "layernorm_gru"])
 def test_bidirectional_stack_with_gru(name, assert_close):
-    """``jaxrnn.stack([zoo cell, jaxrnn.gru], bidirectional=True)`` with ragged lengths,
-    against both directions of each layer run as per-series loops and concatenated."""
+    """``jaxrnn.stack([zoo cell, jaxrnn.gru], bidirectional=True)`` with ragged lengths and
+    resets, against both directions of each layer run as per-series, per-segment loops and
+    concatenated."""
     import jaxrnn
 
     cell, gru = make(name), jaxrnn.gru(4)
@@ -561,13 +568,15 @@ def test_bidirectional_stack_with_gru(name, assert_close):
     params = treedef.unflatten([jnp.asarray(rng.uniform(-0.6, 0.6, a.shape), a.dtype) + (a == 1) for a in leaves])
     xs = random_inputs(name, (3, 4), seed=19)
     lengths = np.array([4, 0, 2])
-    h, ys = jax.jit(lambda params, xs: net(params, None, xs, seq_lengths=jnp.asarray(lengths)))(params, xs)
+    resets = np.array([[False, False, True, False], [False, True, False, False], [False, True, False, False]])
+    h, ys = jax.jit(lambda params, xs: net(params, None, xs, seq_lengths=jnp.asarray(lengths),
+                                           resets=jnp.asarray(resets)))(params, xs)
 
     inputs, finals = xs, []
     for layer_cell, layer in zip([cell, gru], params.layers):
         zeros = layer_cell.initial_state((3,))
-        h_f, y_f = loop_reference(layer_cell, layer.forward, zeros, inputs, lengths)
-        h_b, y_b = loop_reference(layer_cell, layer.backward, zeros, inputs, lengths, reverse=True)
+        h_f, y_f = loop_reference(layer_cell, layer.forward, zeros, inputs, lengths, resets)
+        h_b, y_b = loop_reference(layer_cell, layer.backward, zeros, inputs, lengths, resets, reverse=True)
         finals.append((h_f, h_b))
         inputs = jnp.asarray(np.concatenate([y_f, y_b], axis=-1), jnp.float32)
     assert_close(ys, inputs)
