@@ -26,10 +26,11 @@ on it::
 :meth:`RNN.from_params` wraps existing functional params (from ``net.init``,
 ``jaxrnn.from_torch``, a checkpoint) and ``rnn.params = new`` writes them back.
 
-Flax APIs used: ``nnx.Module``, ``nnx.Param``, ``nnx.Variable``, ``nnx.Rngs`` (its
-``params`` and ``dropout`` streams), ``nnx.RNNCellBase``, ``Module.eval()/train()``
-(which set ``deterministic``) and, where the installed flax has it, ``nnx.data`` (flax
-0.12 wants pytree attributes holding Variables marked as data).
+Flax APIs used: ``nnx.Module``, ``nnx.Param``, ``nnx.Variable`` (read with
+``get_value()``, or ``.value`` where that is missing), ``nnx.Rngs`` (its ``params`` and
+``dropout`` streams), ``nnx.RNNCellBase``, ``Module.eval()/train()`` (which set
+``deterministic``) and, where the installed flax has it, ``nnx.data`` (flax 0.12 wants
+pytree attributes holding Variables marked as data).
 """
 
 from __future__ import annotations
@@ -45,15 +46,22 @@ __all__ = ["RNN", "Cell"]
 
 # flax >= 0.12 refuses a pytree of Variables in a plain attribute unless marked as data.
 _data = getattr(nnx, "data", lambda value: value)
+# nnx.RNNCellBase (the contract of nnx.RNN) is younger than NNX itself.
+_CellBase = getattr(nnx, "RNNCellBase", nnx.Module)
 
 
 def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
 
+def _get_value(variable):
+    # ``get_value`` where it exists (flax >= 0.12 deprecates ``.value``), ``.value`` before.
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
+
+
 def _values(weights):
     """The arrays inside a pytree of ``nnx.Param`` (traced ones under ``nnx.jit``)."""
-    return jax.tree.map(lambda v: v[...], weights, is_leaf=_is_variable)
+    return jax.tree.map(_get_value, weights, is_leaf=_is_variable)
 
 
 def _set_value(variable, value) -> None:
@@ -82,10 +90,9 @@ def _replace_values(weights, params) -> None:
     if got != want:
         raise ValueError(f"`params` must have the module's structure {want}; got {got}.")
     for variable, value in zip(jax.tree.leaves(weights, is_leaf=_is_variable), jax.tree.leaves(params)):
-        if tuple(variable[...].shape) != tuple(value.shape):
-            raise ValueError(
-                f"`params` leaf must have shape {tuple(variable[...].shape)}; got {tuple(value.shape)}."
-            )
+        shape = tuple(_get_value(variable).shape)
+        if shape != tuple(value.shape):
+            raise ValueError(f"`params` leaf must have shape {shape}; got {tuple(value.shape)}.")
         _set_value(variable, value)
 
 
@@ -190,7 +197,7 @@ class RNN(nnx.Module):
                           key=None if deterministic else key, **options)
 
 
-class Cell(nnx.RNNCellBase):
+class Cell(_CellBase):
     """A jaxrnn cell as a flax ``nnx.RNNCellBase``, for ``nnx.RNN`` and ``nnx.Bidirectional``.
 
     ``cell(carry, x) == jaxrnn_cell.step(cell.params, carry, x)``; the carry is jaxrnn's

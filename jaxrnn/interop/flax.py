@@ -55,7 +55,9 @@ def _value(x):
     """An array from an array or an ``nnx.Variable``."""
     from flax import nnx
 
-    return x[...] if isinstance(x, nnx.Variable) else x
+    if not isinstance(x, nnx.Variable):
+        return x
+    return x.get_value() if hasattr(x, "get_value") else x.value
 
 
 def _cat(arrays, axis):
