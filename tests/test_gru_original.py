@@ -102,7 +102,12 @@ def test_gradients_float64():
 
 
 def test_init_options(key):
-    p = gru_original(H).init(key, I)
+    import jaxrnn
+
+    cell = gru_original(H)
+    assert isinstance(cell, OriginalGRUCell) and isinstance(cell, jaxrnn.RecurrentCell)
+    assert hash(cell) == hash(gru_original(H))
+    p = cell.init(key, I)
     assert [a.shape for a in p] == [(3 * H, I), (3 * H, H), (3 * H,), (3 * H,)]
     bound = 1 / np.sqrt(H)
     assert all(float(jnp.abs(a).max()) <= bound for a in p)
