@@ -294,15 +294,24 @@ def _zeros_like_step(inputs):
 
 
 def _plan(cell, params, h, xs_T, hoist: bool):
-    """``(step(h, u_t) -> (h, y), inputs)``: what the loop runs and what it reads each step."""
+    """``(step(h, u_t) -> (h, y), inputs)``: what the loop runs and what it reads each step.
+
+    A cell with ``project`` and ``update`` has its projection computed for every step at
+    once and its ``update`` scanned; otherwise its ``step`` is scanned. With ``hoist``,
+    the scanned function is split first (:func:`jaxrnn.hoist.split`): its params-only
+    work is done once, and its x-only work (a plain step's input projection) for every
+    step at once, outside the loop.
+    """
     if hasattr(cell, "project") and hasattr(cell, "update"):
-        return (lambda h, g: cell.update(params, h, g)), cell.project(params, xs_T)
+        fn, inputs = cell.update, cell.project(params, xs_T)
+    else:
+        fn, inputs = cell.step, xs_T
     if hoist and xs_T.shape[0] > 0:
-        parts = _hoist.split(cell.step, params, h, xs_T[0])
+        parts = _hoist.split(fn, params, h, jax.tree.map(lambda a: a[0], inputs))
         if parts is not None:
             c = parts.constants(params)
-            return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, xs_T)
-    return (lambda h, x: cell.step(params, h, x)), xs_T
+            return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, inputs)
+    return (lambda h, u: fn(params, h, u)), inputs
 
 
 def _expand(m, a):

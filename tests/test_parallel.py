@@ -279,7 +279,7 @@ def test_data_mesh_and_replicate_in_process():
         assert b.sharding.is_fully_replicated
         assert a.unsafe_buffer_pointer() != b.addressable_shards[0].data.unsafe_buffer_pointer()
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    sb = parallel.shard_batch({"xs": np.ones((3, 2)), "scale": 2.0}, mesh, axis_name="batch")
+    sb = parallel.shard_batch({"xs": np.ones((3 * mesh.size, 2)), "scale": 2.0}, mesh, axis_name="batch")
     assert sb["xs"].sharding.spec == jax.sharding.PartitionSpec("batch") and sb["scale"].shape == ()
 
 
