@@ -123,6 +123,19 @@ def make_programs(kind: str, shape, seed: int = 0) -> dict:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def nnx_jit_overhead_ms(modules: dict, clock, rounds: int = 7, calls: int = 200) -> dict:
+    """Median time per call of ``nnx.jit(nnx.grad(f))`` on each module, where ``f`` only sums
+    the params: what ``nnx.jit`` itself costs per call (its graph traversal in Python)."""
+    from flax import nnx
+
+    fn = nnx.jit(nnx.grad(lambda m: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(nnx.state(m, nnx.Param)))))
+    out = {}
+    for name, module in modules.items():
+        jax.block_until_ready(fn(module))
+        out[name] = statistics.median(1e3 * time_calls(fn, (module,), calls, clock) for _ in range(rounds))
+    return out
+
+
 def time_calls(fn, args, n: int, clock=time.perf_counter) -> float:
     """Mean seconds per call over ``n`` back-to-back calls, each waited on."""
     t0 = clock()
@@ -158,13 +171,17 @@ def run_case(kind: str, shape, args, log) -> dict:
             fn, fargs, _ = programs[name]
             samples[name].append(1e3 * time_calls(fn, fargs, calls[name], clock))
     med = {name: statistics.median(v) for name, v in samples.items()}
+    overhead = nnx_jit_overhead_ms({"jaxrnn.nnx": programs["jaxrnn.nnx"][1][0],
+                                    "flax.nnx": programs["flax.nnx"][1][0]}, clock)
+    log("  nnx.jit's own time per call (a grad of a sum of the params): "
+        + ", ".join(f"{k} {v:.3f} ms" for k, v in overhead.items()))
     ratios = {f"{a} / {b}": med[a] / med[b] for a, b, _ in BOUNDS}
     bounds = {f"{a} / {b}": {"ratio": med[a] / med[b], "bound": bound, "met": med[a] / med[b] <= bound}
               for a, b, bound in BOUNDS}
     return {
         "cell": kind, "shape": dict(zip("BTIH", shape)), "mode": "fwd+bwd",
         "median_ms": med, "samples_ms": samples, "calls_per_sample": calls, "first_call_s": first,
-        "ratios": ratios, "bounds": bounds, "check_dxs_max_rel_diff": check, "check_ok": ok,
+        "ratios": ratios, "bounds": bounds, "nnx_jit_overhead_ms": overhead, "check_dxs_max_rel_diff": check, "check_ok": ok,
     }
 
 
@@ -190,6 +207,10 @@ def markdown(report: dict) -> str:
         ratios = [f"{b['ratio']:.3f}{'' if b['met'] else ' ✗'}" for b in case["bounds"].values()]
         lines.append(f"| {case['cell'].upper()} | {s['B']}×{s['T']}×{s['I']}×{s['H']} | " + " | ".join(cells + ratios)
                      + " |")
+    lines += ["", "nnx.jit's own time per call (nnx.jit(nnx.grad(sum of the params)) on the module, ms): "
+              + "; ".join(f"{c['cell'].upper()} {c['shape']['B']}×{c['shape']['T']} "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in c["nnx_jit_overhead_ms"].items())
+                          for c in report["cases"]) + "."]
     lines += ["", "✗: bound not met in this run. dL/dxs of every program agreed with the functional call to "
               + ", ".join(f"{max(c['check_dxs_max_rel_diff'].values()):.1e}" for c in report["cases"])
               + " (max relative difference, per case)."]
