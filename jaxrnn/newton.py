@@ -23,10 +23,11 @@ dynamics (up to floating-point rounding). It *pays* when far fewer iterations ar
 needed -- contractive dynamics (trained GRUs and LSTMs usually are), long sequences,
 and hardware with parallelism to spare (GPUs, TPUs), where ``K`` iterations of
 ``O(log T)`` depth beat ``T`` dependent steps. It does **not** pay on a CPU: every
-iteration does at least the work of a whole sequential pass (``benchmarks/newton_scan.py``
-measures several times to tens of times the sequential time on 2 CPU cores), nor for
-non-contractive (chaotic, or large-weight) cells, which need close to ``T``
-iterations.
+iteration does more than the work of a whole sequential pass. ``benchmarks/newton_scan.py``
+on 2 (busy) CPU cores, PyTorch-initialised GRU, B=4 I=32 H=64: 9 iterations at every T
+from 256 to 65536, and 12.8-20.1x the sequential time forward, 5.0-14.6x forward+backward.
+Nor does it pay for non-contractive (chaotic, or large-weight) cells, which need close
+to ``T`` iterations.
 
 The Jacobian diagonal comes, in this order of preference, from
 

@@ -104,8 +104,7 @@ def _check_against_sequential(cell, params, h, xs, *, lengths=None, resets=None,
 # --------------------------------------------------------------------------- built-in cells, T = 4096
 
 
-@pytest.mark.parametrize("name,H,T,reverse", [("gru", 64, 4096, False), ("lstm", 32, 4096, True),
-                                              ("rnn_tanh", 8, 1024, False)])
+@pytest.mark.parametrize("name,H,T,reverse", [("gru", 32, 4096, False), ("lstm", 16, 4096, True)])
 def test_builtin_cells_match_sequential(name, H, T, reverse):
     I = 5
     cell = {"gru": jaxrnn.gru, "lstm": jaxrnn.lstm, "rnn_tanh": jaxrnn.rnn}[name](H)
@@ -121,18 +120,6 @@ def test_builtin_cells_match_sequential(name, H, T, reverse):
     assert not np.asarray(ys[:, 2]).any()               # length 0: all-zero outputs ...
     for a, b in zip(jax.tree.leaves(h), jax.tree.leaves(h0)):
         np.testing.assert_array_equal(np.asarray(a)[2], np.asarray(b)[2])  # ... and the initial state
-
-
-def test_iterations_are_few_for_a_contractive_gru():
-    cell = jaxrnn.gru(16)
-    params = cell.init(jax.random.key(0), 4)
-    xs = jnp.asarray(np.random.default_rng(0).standard_normal((512, 2, 4)), jnp.float32)
-    (_, ys), info = jax.jit(lambda p, x: newton_unroll(cell, p, cell.initial_state((2,)), x,
-                                                       return_info=True))(params, xs)
-    assert isinstance(info, NewtonInfo)
-    assert 1 <= int(info.iterations) <= 30, info
-    assert float(info.residual) <= 1e-5
-    _assert_values(ys, jax.jit(lambda *a: sequential(cell.step, *a))(params, cell.initial_state((2,)), xs)[1])
 
 
 # --------------------------------------------------------------------------- custom cells
@@ -260,9 +247,9 @@ def test_iteration_cap_of_T_gives_the_sequential_answer_on_a_non_contractive_cel
 def test_damping_clipping_scan_and_tolerance_options(options):
     cell = jaxrnn.gru(8)
     params = cell.init(jax.random.key(0), 3)
-    xs = jnp.asarray(np.random.default_rng(0).standard_normal((256, 2, 3)), jnp.float32)
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((100, 2, 3)), jnp.float32)
     h0 = _random_state(cell.initial_state((2,)), 1)
-    lengths = jnp.array([256, 100])
+    lengths = jnp.array([100, 40])
 
     @jax.jit
     def both(params, h0, xs):
@@ -271,8 +258,12 @@ def test_damping_clipping_scan_and_tolerance_options(options):
 
     (out, info), (_, plain) = both(params, h0, xs)
     _assert_values(out, jax.jit(lambda *a: sequential(cell.step, *a, lengths))(params, h0, xs))
+    assert isinstance(info, NewtonInfo)
+    assert 1 <= int(plain.iterations) <= 30 and float(plain.residual) <= 1e-5   # the default, contractive GRU
     if options.damping or options.tol:
         assert int(info.iterations) > int(plain.iterations)
+    if options.tol:
+        assert float(info.residual) <= options.tol
 
 
 def test_divergence_is_contained():
@@ -309,19 +300,14 @@ def test_builtin_jacobian_diagonal_against_jacfwd(cell):
 
     assert _diagonal_fn(cell) == cell.jacobian_diagonal
 
-    @jax.jit
-    def both(params, h, x):
-        diag = cell.jacobian_diagonal(params, h, x)
-        out = []
-        for b in range(3):
-            flat, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[b], h))
-            J = jax.jacfwd(lambda v: jax.flatten_util.ravel_pytree(cell.step(params, unravel(v), x[b])[0])[0])(flat)
-            out.append((jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a[b], diag))[0], jnp.diagonal(J)))
-        return out
+    def one(h, x):  # a single sequence: [D] and the diagonal of the [D, D] Jacobian
+        flat, unravel = jax.flatten_util.ravel_pytree(h)
+        J = jax.jacfwd(lambda v: jax.flatten_util.ravel_pytree(cell.step(params, unravel(v), x)[0])[0])(flat)
+        return jax.flatten_util.ravel_pytree(cell.jacobian_diagonal(params, h, x))[0], jnp.diagonal(J)
 
-    for got, want in both(params, h, x):
-        assert np.abs(np.asarray(want)).max() > 0.05
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    got, want = jax.jit(jax.vmap(one))(h, x)
+    assert np.abs(np.asarray(want)).max() > 0.05
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 def test_no_batch_dims_and_zero_length_time():
@@ -372,7 +358,7 @@ def test_errors_name_the_argument():
 @pytest.mark.parametrize("cell_name,mode,reverse", [("gru", "newton", False), ("leaky", Newton(tol=1e-6), True)])
 def test_unroll_mode_newton_equals_unroll_sequential(cell_name, mode, reverse):
     """``jaxrnn.unroll(..., mode=...)`` (batch-major, its own resets/lengths handling) against
-    its sequential path: values and gradients."""
+    its sequential path (values; the gradients of the same solve are tested above)."""
     B, T, I = 3, 128, 3
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
@@ -391,7 +377,4 @@ def test_unroll_mode_newton_equals_unroll_sequential(cell_name, mode, reverse):
         return fn
 
     r = _random_state(h0, 2)
-    out, grads = _value_and_grad(run(mode), params, h0, xs, r)
-    ref, ref_grads = _value_and_grad(run("sequential"), params, h0, xs, r)
-    _assert_values(out, ref)
-    _assert_grads(grads, ref_grads)
+    _assert_values(jax.jit(run(mode))(params, h0, xs, r), jax.jit(run("sequential"))(params, h0, xs, r))
