@@ -48,11 +48,20 @@ class Split(NamedTuple):
     ``constants(params) -> c`` runs once; ``precompute(params, xs_T) -> r_T`` runs the
     x-only part for all ``T`` steps at once (``xs_T`` has time on axis 0); ``body(c, h,
     r_t) -> (h, y)`` is the loop body.
+
+    ``probes`` are the loop's matrix products of a constant weight ``c[i]`` with a value
+    that depends on ``h`` (``h @ U``), as ``(i, shape, dtype)`` of each product's result:
+    ``body(c, h, r_t, e)`` adds ``e[k]`` to the ``k``-th product and returns
+    ``((h, y), a)``, with ``a[k]`` its other operand; :meth:`weight_grads` is then the
+    gradient of every such weight, summed over time, from the stacked ``a`` and the
+    cotangents of ``e`` (see :func:`jaxrnn.scan`'s generic VJP).
     """
 
     constants: Callable
     precompute: Callable
     body: Callable
+    probes: tuple = ()
+    weight_grads: Optional[Callable] = None
 
 
 def _is_literal(v) -> bool:
@@ -63,20 +72,30 @@ def _is_drop(v) -> bool:
     return type(v).__name__ == "DropVar"
 
 
-def _eval(eqns, env):
-    """Evaluates ``eqns`` in order, reading and writing ``env`` (as ``jax.core.eval_jaxpr``)."""
+def _bind(eqn, invals):
+    bind_params = eqn.primitive.get_bind_params(eqn.params)
+    subfuns = ()
+    if isinstance(bind_params, tuple):  # jax < 0.7: (subfuns, params)
+        subfuns, bind_params = bind_params
+    return eqn.primitive.bind(*subfuns, *invals, **bind_params)
+
+
+def _eval(eqns, env, probes=None):
+    """Evaluates ``eqns`` in order, reading and writing ``env`` (as ``jax.core.eval_jaxpr``).
+    ``probes`` maps an equation to ``(e, operand position, outputs list)``: its result gets
+    ``e`` added and its other operand is appended to the list."""
     for eqn in eqns:
         invals = [v.val if _is_literal(v) else env[v] for v in eqn.invars]
-        bind_params = eqn.primitive.get_bind_params(eqn.params)
-        subfuns = ()
-        if isinstance(bind_params, tuple):  # jax < 0.7: (subfuns, params)
-            subfuns, bind_params = bind_params
         ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
         if ctx is None:
-            outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+            outs = _bind(eqn, invals)
         else:
             with ctx:
-                outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+                outs = _bind(eqn, invals)
+        if probes is not None and id(eqn) in probes:
+            e, pos, seen = probes[id(eqn)]
+            outs = outs + e
+            seen.append(invals[1 - pos])
         if not eqn.primitive.multiple_results:
             outs = [outs]
         for v, o in zip(eqn.outvars, outs):
@@ -159,11 +178,46 @@ def split(step: Callable, params, h, x) -> Optional[Split]:
 
         return jax.vmap(one)(xs_T)
 
-    def body(c, hh, r_t):
+    # Products of a constant weight with an h-dependent value; a weight qualifies when the
+    # loop reads it nowhere else.
+    index = {v: i for i, v in enumerate(needed[_PARAMS])}
+    candidates = []
+    for e in parts[_H]:
+        if e.primitive.name == "dot_general" and len(e.invars) == 2 and not any(map(_is_literal, e.invars)):
+            ka, kb = kind[e.invars[0]], kind[e.invars[1]]
+            if ka == _H and e.invars[1] in index and kb == _PARAMS:
+                candidates.append((e, 1))
+            elif kb == _H and e.invars[0] in index and ka == _PARAMS:
+                candidates.append((e, 0))
+    uses = {}
+    for e in parts[_H]:
+        for v in e.invars:
+            if not _is_literal(v) and v in index:
+                uses[v] = uses.get(v, 0) + 1
+    probed = [(e, pos) for e, pos in candidates
+              if uses[e.invars[pos]] == sum(1 for e2, p2 in candidates if e2.invars[p2] is e.invars[pos])
+              and e.invars[pos] not in set(jaxpr.outvars)]
+    probes = tuple((index[e.invars[pos]], e.outvars[0].aval.shape, e.outvars[0].aval.dtype) for e, pos in probed)
+
+    def body(c, hh, r_t, e=None):
         env = dict(zip(needed[_PARAMS], c))
         env.update(zip(needed[_X], r_t))
         env.update(zip(h_vars, jax.tree.leaves(hh)))
-        _eval(parts[_H], env)
-        return jax.tree.unflatten(tree, [v.val if _is_literal(v) else env[v] for v in jaxpr.outvars])
+        seen = []
+        _eval(parts[_H], env, None if e is None else {id(eq): (e_k, pos, seen) for (eq, pos), e_k in zip(probed, e)})
+        out = jax.tree.unflatten(tree, [v.val if _is_literal(v) else env[v] for v in jaxpr.outvars])
+        return out if e is None else (out, seen)
 
-    return Split(constants, precompute, body)
+    def weight_grads(c, a_T, ct_e_T):
+        """Cotangents of ``c`` from the probed products: ``sum_t`` of each product's
+        transpose, one product over the whole sequence per weight."""
+        grads = [None] * len(c)
+        for (eq, pos), (i, _, _), a, ct in zip(probed, probes, a_T, ct_e_T):
+            def prod(w, a=a, eq=eq, pos=pos):
+                one = lambda a_t: _bind(eq, [a_t, w] if pos == 1 else [w, a_t])
+                return jax.vmap(one)(a)
+            g = jax.vjp(prod, c[i])[1](ct)[0]
+            grads[i] = g if grads[i] is None else grads[i] + g
+        return grads
+
+    return Split(constants, precompute, body, probes, weight_grads)

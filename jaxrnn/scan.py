@@ -44,7 +44,7 @@ Two paths compute this, with identical results:
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -224,7 +224,7 @@ def run(cell, params, h, xs_T, *, lengths=None, resets=None, reset_state=None, r
         h = cell.from_carry(tuple(c.reshape(tuple(batch_shape) + c.shape[-1:]) for c in carry))
         return h, ys.reshape(ys.shape[:1] + tuple(batch_shape) + ys.shape[-1:])
     return _generic(cell, params, h, xs_T, lengths, flags, reset_state, reverse=reverse, unroll=unroll,
-                    remat=remat, hoist=hoist)
+                    remat=remat, hoist=hoist, custom_vjp=custom_vjp)
 
 
 def _auto_mode(cell, T: int) -> str:
@@ -238,7 +238,7 @@ def _auto_mode(cell, T: int) -> str:
 # --------------------------------------------------------------------------- the generic path
 
 
-def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, remat, hoist):
+def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, remat, hoist, custom_vjp=True):
     """Any cell over ``xs_T`` (``[T, *batch, *features]``), as the module docstring reads.
 
     The step is one of: ``update`` after ``project`` over the whole sequence (cells that
@@ -250,7 +250,7 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
     unroll = default_unroll() if unroll is None else int(unroll)
     if unroll < 1:
         raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
-    step, inputs = _plan(cell, params, h, xs_T, hoist)
+    step, inputs, split = _plan(cell, params, h, xs_T, hoist)
     if flags is not None and reset is None:
         reset = jax.tree.map(jnp.zeros_like, h)
     mask = None if lengths is None else jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) < lengths
@@ -269,6 +269,8 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
         y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: a[0], _zeros_like_step(inputs))))[1]
         return h, jnp.zeros((0,) + y.shape, y.dtype)
     if not remat:
+        if custom_vjp and split is not None and split.probes and _all_floating((split.c, h, inputs, reset)):
+            return _weights_outside(split, h, inputs, mask, flags, reset, reverse=reverse, unroll=unroll)
         return jax.lax.scan(body, h, (inputs, mask, flags), reverse=reverse, unroll=unroll)
     K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
     if K < 1:
@@ -310,8 +312,76 @@ def _plan(cell, params, h, xs_T, hoist: bool):
         parts = _hoist.split(fn, params, h, jax.tree.map(lambda a: a[0], inputs))
         if parts is not None:
             c = parts.constants(params)
-            return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, inputs)
-    return (lambda h, u: fn(params, h, u)), inputs
+            return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, inputs), _Hoisted(parts, c)
+    return (lambda h, u: fn(params, h, u)), inputs, None
+
+
+class _Hoisted(NamedTuple):
+    parts: _hoist.Split
+    c: list
+
+    @property
+    def probes(self):
+        return self.parts.probes
+
+
+def _all_floating(tree) -> bool:
+    return all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(tree))
+
+
+def _weights_outside(split, h, inputs, mask, flags, reset, *, reverse, unroll):
+    """The generic loop with a VJP that computes the gradient of each weight multiplied
+    with an ``h``-dependent value (``h @ U``) as one matrix product over the whole sequence
+    after the backward loop, as the built-in cells' fused path does, instead of autodiff's
+    small product and accumulation at every step (:attr:`jaxrnn.hoist.Split.probes`): the
+    backward loop is autodiff's own, with those weights held constant, and the cotangent of
+    each such product is read off a zero added to it. Everything else is autodiff."""
+    parts, c = split.parts, split.c
+    T = jax.tree.leaves(inputs)[0].shape[0]
+    weights = sorted({i for i, _, _ in parts.probes})
+    zeros_e = [jnp.zeros((T,) + tuple(shape), dtype) for _, shape, dtype in parts.probes]
+
+    def loop(c, h, inputs, e, reset):
+        def body(h, inp):
+            u_t, e_t, m_t, r_t = inp
+            if r_t is not None:
+                h = _tree_where(r_t, reset, h)
+            (h_new, y), a = parts.body(c, h, u_t, e_t)
+            if m_t is not None:
+                h_new = _tree_where(m_t, h_new, h)
+                y = jnp.where(_expand(m_t, y), y, jnp.zeros_like(y))
+            return h_new, (y, a)
+
+        h, (ys, a) = jax.lax.scan(body, h, (inputs, e, mask, flags), reverse=reverse, unroll=unroll)
+        return h, ys, a
+
+    def split_weights(c):
+        rest = [None if i in weights else v for i, v in enumerate(c)]
+        return rest, {i: c[i] for i in weights}
+
+    def join(rest, w):
+        return [w[i] if i in w else v for i, v in enumerate(rest)]
+
+    @jax.custom_vjp
+    def run(c, h, inputs, reset):
+        h, ys, _ = loop(c, h, inputs, zeros_e, reset)
+        return h, ys
+
+    def run_fwd(c, h, inputs, reset):
+        rest, w = split_weights(c)
+        (h, ys, a), pull = jax.vjp(lambda rest, h, inputs, e, reset: loop(join(rest, w), h, inputs, e, reset),
+                                   rest, h, inputs, zeros_e, reset)
+        return (h, ys), (pull, a, c)
+
+    def run_bwd(res, cts):
+        pull, a, c = res
+        ct_rest, ct_h, ct_inputs, ct_e, ct_reset = pull(tuple(cts) + (jax.tree.map(jnp.zeros_like, a),))
+        ct_w = parts.weight_grads(c, a, ct_e)
+        ct_c = [ct_w[i] if i in weights else v for i, v in enumerate(ct_rest)]
+        return ct_c, ct_h, ct_inputs, ct_reset
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(c, h, inputs, reset)
 
 
 def _expand(m, a):

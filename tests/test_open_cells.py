@@ -212,25 +212,43 @@ def test_num_feature_axes_conv_cell(assert_close):
 
 
 # ---------------------------------------------------------------------------- hoisting
-def _scan_bodies(jaxpr):
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            yield eqn.params["jaxpr"].jaxpr
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params) if hasattr(jax.extend.core, "jaxprs_in_params") else ():
-            yield from _scan_bodies(sub)
+def _subjaxprs(eqn):
+    return jax.extend.core.jaxprs_in_params(eqn.params)
 
 
 def _count(jaxpr, name):
     n = 0
     for eqn in jaxpr.eqns:
         n += eqn.primitive.name == name
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in _subjaxprs(eqn):
             n += _count(sub, name)
     return n
 
 
+def _loops(jaxpr):
+    """The scans in ``jaxpr`` (searched inside custom_vjp calls, jit, ...), not nested in a scan."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            yield eqn
+        else:
+            for sub in _subjaxprs(eqn):
+                yield from _loops(sub)
+
+
+def _outside(jaxpr, name):
+    """Equations named ``name`` outside every scan."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == name:
+            out.append(eqn)
+        if eqn.primitive.name != "scan":
+            for sub in _subjaxprs(eqn):
+                out += _outside(sub, name)
+    return out
+
+
 def _count_in_loop(closed, name):
-    loops = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
+    loops = list(_loops(closed.jaxpr))
     assert len(loops) == 1, [e.primitive.name for e in closed.jaxpr.eqns]
     return _count(loops[0].params["jaxpr"].jaxpr, name)
 
@@ -246,14 +264,26 @@ def test_hoisting_moves_the_input_projection_out_of_the_loop():
     hoisted, plain = run(True), run(False)
     assert _count_in_loop(hoisted, "dot_general") == 1
     assert _count_in_loop(plain, "dot_general") == 2
-    outside = [e for e in hoisted.jaxpr.eqns if e.primitive.name != "scan"]
-    dots = [e for e in outside if e.primitive.name == "dot_general"] + [
-        e for e in outside for sub in jax.extend.core.jaxprs_in_params(e.params) for e2 in sub.eqns
-        if e2.primitive.name == "dot_general"]
+    dots = _outside(hoisted.jaxpr, "dot_general")
     assert any(T in e.outvars[0].aval.shape for e in dots), "x @ W over all T steps outside the loop"
-    # gradients too: the loop of the backward pass holds no product with xs
-    g = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(jaxrnn.unroll(lstm_fn, p, h, xs)[1])))(params)
-    assert g is not None
+
+
+def test_weight_gradients_outside_the_backward_loop(assert_close):
+    """With the generic VJP (custom_vjp=True, the default) the backward loop of the
+    plain-function LSTM holds one matrix product per step (dz @ U.T) and dU is one
+    product over the whole sequence; autodiff (custom_vjp=False) holds two (dU += h.T @ dz
+    too). Same gradients either way."""
+    params = lstm_fn_params()
+    h = _random_state({"h": jnp.zeros((3, H)), "c": jnp.zeros((3, H))}, 1)
+    xs = _data()
+    loss = lambda p, cv: jnp.sum(jnp.sin(jaxrnn.unroll(lstm_fn, p, h, xs, seq_lengths=LENGTHS, resets=RESETS,
+                                                       custom_vjp=cv)[1]))
+    for cv, per_step in ((True, 1), (False, 2)):
+        jaxpr = jax.make_jaxpr(jax.grad(functools.partial(loss, cv=cv)))(params)
+        loops = list(_loops(jaxpr.jaxpr))
+        assert len(loops) == 2  # forward and backward
+        assert _count(loops[1].params["jaxpr"].jaxpr, "dot_general") == per_step, cv
+    assert_close(jax.grad(functools.partial(loss, cv=True))(params), jax.grad(functools.partial(loss, cv=False))(params))
 
 
 def test_hoist_false_gives_identical_results():
