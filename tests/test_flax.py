@@ -50,6 +50,20 @@ def _randomize(params, seed, scale=0.5):
     return jax.tree.map(lambda a: jnp.asarray(rng.uniform(-scale, scale, a.shape), a.dtype), params)
 
 
+def _arrays(tree):
+    """The arrays of a pytree holding nnx Variables (``get_value``, or ``.value`` before flax 0.12)."""
+    read = lambda v: v.get_value() if hasattr(v, "get_value") else v.value
+    return jax.tree.map(lambda v: read(v) if isinstance(v, nnx.Variable) else v, tree,
+                        is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def _paths(state):
+    """A state's leaf paths as dotted strings (``rnn.weights.layers.1.w_hh``)."""
+    name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {".".join(name(k) for k in path if name(k) != "value") for path, _ in paths}
+
+
 def _valid(ys, lengths):
     """``ys`` with positions past each length zeroed (flax's RNN leaves them as computed)."""
     mask = np.arange(ys.shape[1])[None, :] < np.asarray(lengths)[:, None]
@@ -191,7 +205,7 @@ def test_nnx_split_merge_state_and_jit(assert_close):
     want = jax.jit(lambda p: NET(p, None, XS, seq_lengths=LENGTHS)[1])(model.rnn.params)
     assert_close(call(model), want)
     graphdef, state = nnx.split(model)
-    paths = {".".join(map(str, path)) for path, _ in nnx.to_flat_state(state)}
+    paths = _paths(state)
     assert "rnn.weights.layers.1.w_hh" in paths and "rnn.weights.head.w" in paths
     assert_close(call(nnx.merge(graphdef, state)), want)
     # A checkpoint's way: nnx.state out, nnx.update into a fresh model.
@@ -389,9 +403,9 @@ def test_resets_pass_through_the_modules(net, assert_close):
 def _nnx_cell(kind, seed):
     cls = {"lstm": nnx.LSTMCell, "olstm": nnx.OptimizedLSTMCell, "gru": nnx.GRUCell}[kind]
     module = cls(I, 5, rngs=nnx.Rngs(seed))
-    for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-        var.set_value(jnp.asarray(np.random.default_rng(seed + len(path)).uniform(-0.5, 0.5, var[...].shape),
-                                  jnp.float32) + 0.01 * len(str(path)))
+    rng = np.random.default_rng(seed)
+    state = nnx.state(module, nnx.Param)          # non-zero biases, weights of O(1)
+    nnx.update(module, jax.tree.map(lambda a: jnp.asarray(rng.uniform(-0.5, 0.5, a.shape), jnp.float32), state))
     return module
 
 
@@ -422,11 +436,10 @@ def test_flax_nnx_cell_weights_give_flax_outputs_and_gradients(kind):
     both = nnx.jit(lambda m: (nnx.value_and_grad(flax_loss, has_aux=True)(m),
                               nnx.value_and_grad(jaxrnn_loss, has_aux=True)(m)))
     flax_out, ours = both(module)
-    _close(jax.tree.map(lambda v: v[...], ours), jax.tree.map(lambda v: v[...], flax_out))
+    _close(_arrays(ours), _arrays(flax_out))
     # And back: the same flax weights (the outputs of to_flax_nnx are tested below).
     back = to_flax_nnx(from_flax(module)[1], type(module))
-    _close(jax.tree.map(lambda v: v[...], nnx.state(back, nnx.Param)),
-           jax.tree.map(lambda v: v[...], nnx.state(module, nnx.Param)), atol=0, rtol=0)
+    _close(_arrays(nnx.state(back, nnx.Param)), _arrays(nnx.state(module, nnx.Param)), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "olstm", "gru"])
