@@ -238,3 +238,55 @@ def test_errors():
         min_lstm(4).step(params, None, jnp.ones((3,)))
     with pytest.raises(ValueError, match="`x`"):
         cell.step(params, None, jnp.ones((2, 4)))
+
+
+# --------------------------------------------------------------------------- through jaxrnn.unroll / stack
+
+
+@pytest.mark.parametrize("name, mode, reverse", [("min_gru", "associative", True), ("lru", "chunked", False),
+                                                 ("min_lstm", "auto", True)])
+def test_through_unroll_modes(name, mode, reverse):
+    """``jaxrnn.unroll(cell, ..., mode=m)`` (batch-major, the lead's dispatch to
+    ``parallel_unroll``) against ``mode="sequential"`` (the generic scan of the cell's
+    ``update``), with lengths, resets and a reset state; values and gradients."""
+    import jaxrnn
+
+    cell, params, h, xs, lengths, resets, r = problem(name, seed=7)
+    xs_b, resets_b = jnp.moveaxis(xs, 0, -2), jnp.moveaxis(resets, 0, -1)
+
+    def loss(params, h, mode):
+        h_out, ys = jaxrnn.unroll(cell, params, h, xs_b, seq_lengths=lengths, resets=resets_b, reset_state=r,
+                                  reverse=reverse, mode=mode, chunk_size=8)
+        return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(h_out)), (h_out, ys)
+
+    run = jax.jit(lambda p, h: [jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, h, m)
+                                for m in (mode, "sequential")])
+    ((_, out_p), g_p), ((_, out_s), g_s) = run(params, h)
+    assert out_p[1].shape == xs_b.shape[:-1] + (cell.output_size,)
+    for a, b in zip(jax.tree.leaves(out_p), jax.tree.leaves(out_s)):
+        assert rel_err(a, b) < 1e-5
+    for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_s)):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_through_stack_bidirectional():
+    """A bidirectional ``jaxrnn.stack`` of minGRU -> LRU -> minLSTM over ragged lengths:
+    associative equals sequential (values and gradients)."""
+    import jaxrnn
+
+    net = jaxrnn.stack([min_gru(5), lru(10, 3), min_lstm(4)], bidirectional=True)
+    params = net.init(jax.random.key(0), input_size=I)
+    xs = jnp.asarray(np.random.default_rng(8).standard_normal((3, 11, I)), jnp.float32)
+    lengths = jnp.array([11, 0, 6])
+
+    def loss(params, mode):
+        _, ys = net(params, None, xs, seq_lengths=lengths, mode=mode)
+        return jnp.sum(jnp.sin(ys)), ys
+
+    run = jax.jit(lambda p: [jax.value_and_grad(loss, has_aux=True)(p, m) for m in ("associative", "sequential")])
+    ((_, ys_p), g_p), ((_, ys_s), g_s) = run(params)
+    assert ys_p.shape == (3, 11, 8)
+    assert rel_err(ys_p, ys_s) < 1e-5
+    assert not np.asarray(ys_p)[1].any() and not np.asarray(ys_p)[2, 6:].any()
+    for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_s)):
+        assert rel_err(a, b) < 1e-4

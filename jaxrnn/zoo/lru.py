@@ -128,14 +128,14 @@ class LRUCell:
         zeros = jnp.zeros(tuple(batch_shape) + (self.state_size,), dtype)
         return LRUState(zeros, zeros)
 
-    def check_params(self, params) -> int:
+    def check_params(self, params, name: str = "params") -> int:
         """Checks ``params`` against this cell; returns the input size (``hidden_size``)."""
-        C.check_params_type(params, LRUParams, self)
+        C.check_params_type(params, LRUParams, self, name)
         N, H = self.state_size, self.hidden_size
         shapes = dict(nu_log=(N,), theta_log=(N,), gamma_log=(N,), B_re=(N, H), B_im=(N, H), C_re=(H, N),
                       C_im=(H, N), D=(H,))
-        for name, shape in shapes.items():
-            C.check_array(getattr(params, name), f"params.{name}", shape)
+        for field, shape in shapes.items():
+            C.check_array(getattr(params, field), f"{name}.{field}", shape)
         return H
 
     @staticmethod

@@ -128,19 +128,19 @@ class _MinCell:
         """Zero state ``[*batch_shape, H]``."""
         return jnp.zeros(tuple(batch_shape) + (self.hidden_size,), dtype)
 
-    def check_params(self, params) -> int:
+    def check_params(self, params, name: str = "params") -> int:
         """Checks ``params`` (called ``name`` in errors) against this cell; returns the input size ``I``."""
-        C.check_params_type(params, self.params_type, self)
+        C.check_params_type(params, self.params_type, self, name)
         GH = self.num_gates * self.hidden_size
         w = params.w_ih
         if getattr(w, "ndim", None) != 2 or w.shape[0] != GH:
-            raise ValueError(f"`params.w_ih` must have shape [{GH}, input_size] for {self!r}; "
+            raise ValueError(f"`{name}.w_ih` must have shape [{GH}, input_size] for {self!r}; "
                              f"got {getattr(w, 'shape', type(w).__name__)}.")
-        C.check_array(w, "params.w_ih", w.shape)
+        C.check_array(w, f"{name}.w_ih", w.shape)
         if self.bias:
-            C.check_array(params.b_ih, "params.b_ih", (GH,))
+            C.check_array(params.b_ih, f"{name}.b_ih", (GH,))
         elif params.b_ih is not None:
-            raise ValueError(f"`params.b_ih` must be None for {self!r}; got an array.")
+            raise ValueError(f"`{name}.b_ih` must be None for {self!r}; got an array.")
         return int(w.shape[1])
 
     def project(self, params, xs: Array) -> Array:
