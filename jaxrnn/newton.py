@@ -158,9 +158,9 @@ class Newton:
 
 
 class NewtonInfo(NamedTuple):
-    """What the forward solve did: ``iterations`` (int32, the number of associative
-    scans) and ``residual`` (the relative fixed-point residual of the last iterate,
-    see :attr:`Newton.tol`)."""
+    """What the forward solve did: ``iterations`` (int32, the Newton steps taken: linear
+    solves whose result was evaluated, at most ``max_iters``) and ``residual`` (the
+    relative fixed-point residual of the last iterate, see :attr:`Newton.tol`)."""
 
     iterations: Array
     residual: Array
