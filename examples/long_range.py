@@ -29,6 +29,12 @@ On a CPU the parallel forms are *slower* per step than a sequential scan (see
 CPU); they pay on accelerators at long ``T``. What this example shows on any machine is
 the accuracy each model reaches in the same number of steps, and the wall time of each.
 
+Measured with the defaults on a 2-core CPU shared with ~6 other jobs (load average ~12;
+``examples/results/long_range.json``): after 300 steps, minGRU (chunked) 0.547 test
+accuracy per copied token in 458 s, GRU (sequential) 0.574 in 369 s; both sat at chance
+(0.125) until step 150. With the long-memory initialisation the GRU learns this task as
+fast per step as minGRU, and is faster per step on this CPU.
+
 Run::
 
     python examples/long_range.py                     # L=1000, K=2: a few minutes on a 2-core CPU
