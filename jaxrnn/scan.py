@@ -254,17 +254,7 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
     if flags is not None and reset is None:
         reset = jax.tree.map(jnp.zeros_like, h)
     mask = None if lengths is None else jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) < lengths
-
-    def body(h, inp):
-        u_t, m_t, r_t = inp
-        if r_t is not None:
-            h = _tree_where(r_t, reset, h)
-        h_new, y = step(h, u_t)
-        if m_t is not None:
-            h_new = _tree_where(m_t, h_new, h)
-            y = jnp.where(_expand(m_t, y), y, jnp.zeros_like(y))
-        return h_new, y
-
+    body = _loop_body(step, reset)
     if T == 0:
         y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: a[0], _zeros_like_step(inputs))))[1]
         return h, jnp.zeros((0,) + y.shape, y.dtype)
@@ -289,6 +279,24 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
 
     h, ys = jax.lax.scan(chunk, h, chunks, reverse=reverse)
     return h, ys.reshape((n * K,) + ys.shape[2:])[:T]
+
+
+def _loop_body(step, reset):
+    """The loop body of the generic path, ``(h, (u_t, m_t, r_t)) -> (h, y)``: reset the
+    state where a segment starts (``r_t``), step, keep the old state and zero ``y`` past
+    the length (``m_t``). ``step(h, u_t)`` returns ``(h, y)``, or ``(h, y, extra)`` to
+    emit ``(y, extra)``."""
+    def body(h, inp):
+        u_t, m_t, r_t = inp
+        if r_t is not None:
+            h = _tree_where(r_t, reset, h)
+        h_new, y, *extra = step(h, u_t)
+        if m_t is not None:
+            h_new = _tree_where(m_t, h_new, h)
+            y = jnp.where(_expand(m_t, y), y, jnp.zeros_like(y))
+        return h_new, ((y, *extra) if extra else y)
+
+    return body
 
 
 def _zeros_like_step(inputs):
@@ -342,17 +350,12 @@ def _weights_outside(split, h, inputs, mask, flags, reset, *, reverse, unroll):
     zeros_e = [jnp.zeros((T,) + tuple(shape), dtype) for _, shape, dtype in parts.probes]
 
     def loop(c, h, inputs, e, reset):
-        def body(h, inp):
-            u_t, e_t, m_t, r_t = inp
-            if r_t is not None:
-                h = _tree_where(r_t, reset, h)
-            (h_new, y), a = parts.body(c, h, u_t, e_t)
-            if m_t is not None:
-                h_new = _tree_where(m_t, h_new, h)
-                y = jnp.where(_expand(m_t, y), y, jnp.zeros_like(y))
-            return h_new, (y, a)
+        def step(h, u_e):
+            (h_new, y), a = parts.body(c, h, *u_e)
+            return h_new, y, a
 
-        h, (ys, a) = jax.lax.scan(body, h, (inputs, e, mask, flags), reverse=reverse, unroll=unroll)
+        h, (ys, a) = jax.lax.scan(_loop_body(step, reset), h, ((inputs, e), mask, flags), reverse=reverse,
+                                  unroll=unroll)
         return h, ys, a
 
     def split_weights(c):
