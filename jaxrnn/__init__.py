@@ -10,16 +10,25 @@ The public surface, small on purpose:
   with lengths, resets, reverse and remat;
 * ``stack(...)`` -- stacks, bidirectional layers, dropout, a dense head; itself
   ``(params, h, xs) -> (h, ys)``;
-* ``from_torch`` / ``to_torch`` / ``to_torch_state_dict`` -- PyTorch interop;
+* ``from_torch`` / ``to_torch`` / ``to_torch_state_dict``, ``from_keras`` / ``to_keras``,
+  ``from_flax`` / ``to_flax_linen`` / ``to_flax_nnx`` -- weights in and out (torch and keras
+  imported lazily); ``jaxrnn.nnx`` and ``jaxrnn.linen`` -- flax modules over any cell or stack;
+* ``jaxrnn.zoo`` -- research cells on the same contract (peephole, layer-norm, original GRU,
+  ConvLSTM, minGRU/minLSTM, LRU); ``linear_scan`` and ``Newton``/``newton_unroll`` --
+  evaluation in parallel over time;
 * ``jaxrnn.train`` -- optax train state, steps, fit loop, losses, checkpoints, sampling;
 * ``jaxrnn.parallel`` -- data parallelism over a ``jax.sharding.Mesh``.
 """
 
-from jaxrnn import parallel, train
+from jaxrnn import parallel, train, zoo
 from jaxrnn.cells import (Cell, GRUCell, GRUParams, LSTMCell, LSTMParams, LSTMState, RNNCell, RNNParams, gru,
                           lstm, rnn)
 from jaxrnn.contract import FunctionCell, RecurrentCell
+from jaxrnn.interop.flax import from_flax, to_flax_linen, to_flax_nnx
+from jaxrnn.interop.keras import KerasRNN, from_keras, to_keras
 from jaxrnn.interop.torch import TorchRNN, from_torch, to_torch, to_torch_state_dict
+from jaxrnn.linear import linear_scan
+from jaxrnn.newton import Newton, newton_unroll
 from jaxrnn.layers import Bidirectional, DenseParams, Stack, StackParams, stack
 from jaxrnn.scan import default_unroll, unroll
 from jaxrnn.train import (
@@ -37,35 +46,45 @@ __version__ = "0.1.0"
 __all__ = [
     "Bidirectional",
     "Cell",
+    "DenseParams",
     "FunctionCell",
     "GRUCell",
-    "LSTMCell",
-    "RNNCell",
-    "RecurrentCell",
-    "DenseParams",
     "GRUParams",
+    "KerasRNN",
+    "LSTMCell",
     "LSTMParams",
     "LSTMState",
+    "Newton",
+    "RNNCell",
     "RNNParams",
+    "RecurrentCell",
     "Stack",
     "StackParams",
     "TorchRNN",
     "TrainState",
     "default_unroll",
     "fit",
+    "from_flax",
+    "from_keras",
     "from_torch",
     "generate",
     "gru",
+    "linear_scan",
     "lstm",
     "make_eval_step",
     "make_train_step",
+    "newton_unroll",
     "parallel",
     "restore_checkpoint",
     "rnn",
     "save_checkpoint",
     "stack",
+    "to_flax_linen",
+    "to_flax_nnx",
+    "to_keras",
     "to_torch",
     "to_torch_state_dict",
     "train",
     "unroll",
+    "zoo",
 ]
