@@ -9,9 +9,12 @@ stacked along the output axis in PyTorch's LSTM order i, f, g, o)::
 
     w_ih: [4F, C, kh, kw]   w_hh: [4F, F, kh, kw]   b_ih: [4F]   b_hh: [4F]
 
-From flax's ``nn.ConvLSTMCell`` (kernels ``[kh, kw, in, 4F]``, gates i, g, f, o, and
-``σ(f + 1)`` at run time): transpose each kernel to ``[4F, in, kh, kw]``, reorder the
-gate blocks, and add 1 to the forget block of one bias.
+From Keras' ``ConvLSTM2D(padding="same")`` (``kernel``, ``recurrent_kernel``
+``[kh, kw, in, 4F]``, gates i, f, c, o, one ``bias``): transpose both kernels to
+``[4F, in, kh, kw]`` (``transpose(3, 2, 0, 1)``), ``b_ih = bias``, ``b_hh = 0``. From flax's
+``nn.ConvLSTMCell`` (the same kernel layout, gates i, g, f, o, and ``σ(f + 1)`` at run
+time): transpose likewise, reorder the gate blocks, and add 1 to the forget block of one
+bias. ``tests/test_zoo.py`` checks both conversions.
 
 The cell has ``num_feature_axes = 3``: a sequence is ``[*batch, T, height, width, C]``.
 """
