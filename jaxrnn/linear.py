@@ -67,12 +67,14 @@ DEFAULT_CHUNK_SIZE = 64
 def auto_mode(T: int, backend: Optional[str] = None) -> str:
     """The mode ``mode="auto"`` picks for a sequence of ``T`` steps.
 
-    * On the CPU, ``"sequential"``: ``benchmarks/parallel_scan.py`` on a 2-core CPU found
-      the sequential scan fastest at every ``T`` measured (256 to 65,536), forward and
-      backward, for ``linear_scan`` and for minGRU/LRU (see
-      ``benchmarks/results/parallel_scan_cpu.md``): the parallel forms do ``O(log T)``
-      times more arithmetic (associative) or several extra passes over memory (chunked),
-      and a CPU has too few cores to gain from the shorter depth.
+    * On the CPU, ``"sequential"``: ``benchmarks/parallel_scan.py`` on a 2-core CPU (B=4,
+      H=32, T = 256 to 65,536, float32; a machine shared with other jobs, so ~10% noise)
+      found no parallel mode under 0.9x the sequential time of the same recurrence at
+      any ``T``: ``linear_scan`` associative took 1.4-3.1x the sequential time forward
+      and 1.5-2.5x fwd+bwd, chunked 1.6-3.2x and 0.9-3.4x; minGRU's parallel forms
+      1.0-5.6x, LRU's 1.1-5.7x (``benchmarks/results/parallel_scan_cpu.md``). The parallel
+      forms do ``O(log T)`` times more arithmetic (associative) or extra passes over
+      memory (chunked), and two cores cannot use the shorter depth.
     * On accelerators, ``"chunked"`` from ``T >= 256`` and ``"sequential"`` below. This is
       *not* measured by jaxrnn: it rests on one H100 measurement outside it
       (``jax.lax.associative_scan`` 67x faster than a sequential ``lax.scan`` at B=64,
