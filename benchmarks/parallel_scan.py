@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import pathlib
 import statistics
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +46,7 @@ from jaxrnn.zoo.lru import lru
 from jaxrnn.zoo.mingru import min_gru
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, format_table, print_table, save_figure, time_compile, write_json  # noqa: E402
+from _common import device_info, device_slug, print_table, save_figure, time_compile, write_json  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DEFAULT_T = (256, 1024, 4096, 16384, 65536)
@@ -235,7 +234,7 @@ def markdown(records: list, info: dict, notes: list) -> str:
             for T in sorted({r["T"] for r in rows}):
                 cells = [str(T)]
                 for m in methods:
-                    r = next((q for q in rows if q["T"] == T and q["method"] == m and q["direction"] == direction), None)
+                    r = next((q for q in rows if (q["T"], q["method"], q["direction"]) == (T, m, direction)), None)
                     cells.append("-" if r is None else f"{r['median_ms']:.3g} ({r['x_baseline']:.2f}x)")
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")

@@ -46,7 +46,6 @@ are part of the associative operator, in every mode):
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import jax

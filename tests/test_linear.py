@@ -134,9 +134,9 @@ def _reference_grads(p, reverse, cplx, w, v):
                 a, b, h0, r = (x[0] + 1j * x[1] for x in (a, b, h0, r))
             tm = lambda x: jnp.moveaxis(x, -2, 0).reshape(x.shape[-2], -1, x.shape[-1])
             N, H = int(np.prod(p["lengths"].shape)), p["b"].shape[-1]
+            resets_T = jnp.asarray(tm(p["resets"][..., None])[..., 0])
             h, hs = jax_reference(tm(a), tm(b), h0.reshape(N, H), r.reshape(N, H),
-                                  jnp.asarray(p["lengths"].reshape(-1)), jnp.asarray(tm(p["resets"][..., None])[..., 0]),
-                                  reverse)
+                                  jnp.asarray(p["lengths"].reshape(-1)), resets_T, reverse)
             hs = jnp.moveaxis(hs, 0, 1).reshape(p["b"].shape)
             h = h.reshape(p["h0"].shape)
             out = (hs.real, hs.imag) if cplx else (hs,)
@@ -279,7 +279,8 @@ def test_chunk_sizes_agree():
               reset_state=jnp.asarray(p["r"], jnp.float32))
     for K in (7, 64):  # padded chunks; one chunk longer than T
         run = jax.jit(lambda *args: [(linear_scan(*args, **kw, reverse=r),
-                                      linear_scan(*args, **kw, reverse=r, mode="chunked", chunk_size=K)) for r in (0, 1)])
+                                      linear_scan(*args, **kw, reverse=r, mode="chunked", chunk_size=K))
+                                     for r in (False, True)])
         for (_, ref), (_, hs) in run(*args):
             assert rel_err(hs, ref) < 1e-6, K
 

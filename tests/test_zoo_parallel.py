@@ -4,7 +4,6 @@ initial and reset states; values and gradients. And each cell's ``step`` against
 equations written out in numpy (float64)."""
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp

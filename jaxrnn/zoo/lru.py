@@ -216,9 +216,10 @@ class LRUCell:
         N = self.state_size
         gx = self.project(params, xs)
         lam = self.transition(params)
+        r = None if reset_state is None else tuple(reset_state)
         h_last, (hs_re, hs_im) = linear_scan(lam, (gx[..., :N], gx[..., N:2 * N]), tuple(h), seq_lengths=seq_lengths,
-                                             resets=resets, reset_state=None if reset_state is None else tuple(reset_state),
-                                             reverse=reverse, time_major=True, mode=mode, chunk_size=chunk_size)
+                                             resets=resets, reset_state=r, reverse=reverse, time_major=True,
+                                             mode=mode, chunk_size=chunk_size)
         ys = self._readout(params, hs_re, hs_im, gx[..., 2 * N:])
         if seq_lengths is not None:
             t = jnp.arange(xs.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * (xs.ndim - 1))
