@@ -25,7 +25,8 @@ and hardware with parallelism to spare (GPUs, TPUs), where ``K`` iterations of
 ``O(log T)`` depth beat ``T`` dependent steps. It does **not** pay on a CPU: every
 iteration does more than the work of a whole sequential pass. ``benchmarks/newton_scan.py``
 on 2 (busy) CPU cores, PyTorch-initialised GRU, B=4 I=32 H=64: 9 iterations at every T
-from 256 to 65536, and 12.8-20.1x the sequential time forward, 5.0-14.6x forward+backward.
+from 256 to 65536, and over two runs 2.6-20.7x the sequential time forward, 5.0-26.2x
+forward+backward (at T=65536: 20-21x and 15-17x).
 Nor does it pay for non-contractive (chaotic, or large-weight) cells, which need close
 to ``T`` iterations.
 
