@@ -68,12 +68,13 @@ def auto_mode(T: int, backend: Optional[str] = None) -> str:
 
     * On the CPU, ``"sequential"``: ``benchmarks/parallel_scan.py`` on a 2-core CPU (B=4,
       H=32, T = 256 to 65,536, float32; a machine shared with other jobs, so ~10% noise)
-      found no parallel mode under 0.9x the sequential time of the same recurrence at
-      any ``T``: ``linear_scan`` associative took 1.4-3.1x the sequential time forward
-      and 1.5-2.5x fwd+bwd, chunked 1.6-3.2x and 0.9-3.4x; minGRU's parallel forms
-      1.0-5.6x, LRU's 1.1-5.7x (``benchmarks/results/parallel_scan_cpu.md``). The parallel
-      forms do ``O(log T)`` times more arithmetic (associative) or extra passes over
-      memory (chunked), and two cores cannot use the shorter depth.
+      found the parallel modes slower than the sequential scan of the same recurrence:
+      ``linear_scan`` associative 1.4-3.1x the sequential time forward and 1.5-2.5x
+      fwd+bwd, chunked 1.6-3.2x and 0.9-3.4x; minGRU 0.9-3.0x (one point under 1, 0.87x
+      forward at T=256; 2.3-2.7x at T=4,096 and 65,536), LRU 1.8-7.0x
+      (``benchmarks/results/parallel_scan_cpu.md``). The parallel forms do ``O(log T)``
+      times more arithmetic (associative) or extra passes over memory (chunked), and two
+      cores cannot use the shorter depth.
     * On accelerators, ``"chunked"`` from ``T >= 256`` and ``"sequential"`` below. This is
       *not* measured by jaxrnn: it rests on one H100 measurement outside it
       (``jax.lax.associative_scan`` 67x faster than a sequential ``lax.scan`` at B=64,
