@@ -110,10 +110,12 @@ def _feeds(eqn, later, outvars) -> bool:
         v in outs for v in outvars if not _is_literal(v))
 
 
-def split(step: Callable, params, h, x) -> Optional[Split]:
+def split(step: Callable, params, h, x, hoist_x: bool = True) -> Optional[Split]:
     """Splits ``step(params, h, x) -> (h, y)`` for values shaped like ``params``, ``h`` and
     one step's ``x``; None where nothing is worth hoisting (no x-only matrix product or
-    convolution, no params-only work read by the loop)."""
+    convolution, no params-only work read by the loop) nor any weight to probe. With
+    ``hoist_x=False`` the x-only part stays in the loop (see
+    :func:`jaxrnn.tuning.hoists_inputs`)."""
     p_leaves, p_def = jax.tree.flatten(params)
     h_leaves, h_def = jax.tree.flatten(h)
     x_leaves, x_def = jax.tree.flatten(x)
@@ -139,10 +141,8 @@ def split(step: Callable, params, h, x) -> Optional[Split]:
         parts[k].append(eqn)
         for v in eqn.outvars:
             kind[v] = k
-    hoist_x = any(e.primitive.name in _HEAVY for e in parts[_X])
+    hoist_x = hoist_x and any(e.primitive.name in _HEAVY for e in parts[_X])
     if not hoist_x:  # the x-only part stays in the loop, in the step's order
-        if not any(_feeds(e, parts[_X] + parts[_H], jaxpr.outvars) for e in parts[_PARAMS]):
-            return None
         for e in parts[_X]:
             for v in e.outvars:
                 kind[v] = _H
@@ -178,16 +178,17 @@ def split(step: Callable, params, h, x) -> Optional[Split]:
 
         return jax.vmap(one)(xs_T)
 
-    # Products of a constant weight with an h-dependent value; a weight qualifies when the
-    # loop reads it nowhere else.
+    # Products of a constant weight with a value that changes every step (h-dependent, or
+    # x itself when the x-only part stays in the loop); a weight qualifies when the loop
+    # reads it nowhere else.
     index = {v: i for i, v in enumerate(needed[_PARAMS])}
     candidates = []
     for e in parts[_H]:
         if e.primitive.name == "dot_general" and len(e.invars) == 2 and not any(map(_is_literal, e.invars)):
             ka, kb = kind[e.invars[0]], kind[e.invars[1]]
-            if ka == _H and e.invars[1] in index and kb == _PARAMS:
+            if ka != _PARAMS and e.invars[1] in index and kb == _PARAMS:
                 candidates.append((e, 1))
-            elif kb == _H and e.invars[0] in index and ka == _PARAMS:
+            elif kb != _PARAMS and e.invars[0] in index and ka == _PARAMS:
                 candidates.append((e, 0))
     uses = {}
     for e in parts[_H]:
@@ -198,6 +199,8 @@ def split(step: Callable, params, h, x) -> Optional[Split]:
               if uses[e.invars[pos]] == sum(1 for e2, p2 in candidates if e2.invars[p2] is e.invars[pos])
               and e.invars[pos] not in set(jaxpr.outvars)]
     probes = tuple((index[e.invars[pos]], e.outvars[0].aval.shape, e.outvars[0].aval.dtype) for e, pos in probed)
+    if not hoist_x and not probes and not any(_feeds(e, parts[_H], jaxpr.outvars) for e in parts[_PARAMS]):
+        return None
 
     def body(c, hh, r_t, e=None):
         env = dict(zip(needed[_PARAMS], c))

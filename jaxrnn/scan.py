@@ -259,7 +259,8 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
         y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: a[0], _zeros_like_step(inputs))))[1]
         return h, jnp.zeros((0,) + y.shape, y.dtype)
     if not remat:
-        if custom_vjp and split is not None and split.probes and _all_floating((split.c, h, inputs, reset)):
+        if (custom_vjp and split is not None and split.probes and tuning.weights_outside(_rows(h, xs_T))
+                and _all_floating((split.c, h, inputs, reset))):
             return _weights_outside(split, h, inputs, mask, flags, reset, reverse=reverse, unroll=unroll)
         return jax.lax.scan(body, h, (inputs, mask, flags), reverse=reverse, unroll=unroll)
     K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
@@ -317,11 +318,19 @@ def _plan(cell, params, h, xs_T, hoist: bool):
     else:
         fn, inputs = cell.step, xs_T
     if hoist and xs_T.shape[0] > 0:
-        parts = _hoist.split(fn, params, h, jax.tree.map(lambda a: a[0], inputs))
+        parts = _hoist.split(fn, params, h, jax.tree.map(lambda a: a[0], inputs),
+                             hoist_x=tuning.hoists_inputs(_rows(h, xs_T)))
         if parts is not None:
             c = parts.constants(params)
             return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, inputs), _Hoisted(parts, c)
     return (lambda h, u: fn(params, h, u)), inputs, None
+
+
+def _rows(h, xs_T) -> int:
+    """Rows of a step's products: the state's elements over its feature size (the batch
+    size; times the spatial positions of a convolutional state)."""
+    leaf = jax.tree.leaves(h)[0] if jax.tree.leaves(h) else xs_T[0]
+    return leaf.size // max(leaf.shape[-1], 1) if leaf.ndim else 1
 
 
 class _Hoisted(NamedTuple):

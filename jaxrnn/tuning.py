@@ -39,6 +39,37 @@ def default_unroll(backend: Optional[str] = None) -> int:
     return 1 if backend == "cpu" else 8
 
 
+def hoists_inputs(rows: int, backend: Optional[str] = None) -> bool:
+    """Whether the generic path computes a step's x-only part (a user cell's ``x @ W``) for
+    every step at once before the loop (:mod:`jaxrnn.hoist`), for ``rows`` rows per step
+    (batch elements, times spatial positions for a convolutional state). The params-only
+    part leaves the loop either way.
+
+    On a 2-core CPU, an LSTM written as a plain function (I=H=256, T128; fwd+bwd, medians
+    of 5 interleaved rounds in one process, with the generic VJP), hoisted against as
+    written: B1 (T1000 H128) 15.0 vs 41.1 ms, B4 20.7 vs 39.9, B8 37.6 vs 55.0, but B16
+    79.9 vs 77.3 and B32 144.7 vs 127.6: a per-step product of 16 or more rows is
+    efficient in the loop, and the hoisted ``[T, N, G]`` buffer then costs more than it
+    saves. So on the CPU, up to 8 rows. Elsewhere always (unmeasured for user cells; on an
+    H100 the built-in LSTM's hoisted projection took 21.7 ms fwd+bwd against 24.1 in the
+    loop at B64 T512 H512, ANCHORS.md).
+    """
+    backend = backend or jax.default_backend()
+    return rows <= 8 if backend == "cpu" else True
+
+
+def weights_outside(rows: int, backend: Optional[str] = None) -> bool:
+    """Whether the generic path's VJP computes the loop's weight gradients as one product
+    over the whole sequence after the backward loop (see :func:`jaxrnn.scan`'s
+    ``_weights_outside``) rather than by autodiff's accumulation at every step. Same
+    measurement as :func:`hoists_inputs`, with the x-only part in the loop: B16 71.4 ms
+    against 76.5 by autodiff, but B32 146.1 against 135.9 (the per-step cotangent buffers
+    it reads and writes cost more than the accumulation there). So on the CPU up to 16
+    rows; elsewhere always (unmeasured)."""
+    backend = backend or jax.default_backend()
+    return rows <= 16 if backend == "cpu" else True
+
+
 def in_place(cell) -> bool:
     """Whether one ``[T, N, G*H]`` buffer (``[N, T, G*H]``, see :func:`batch_major_buffer`)
     serves three arrays in turn: the forward pass writes each step's saved gate
