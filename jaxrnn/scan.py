@@ -52,7 +52,7 @@ import numpy as np
 
 from jaxrnn import fused, hoist as _hoist, tuning
 from jaxrnn.cells import _describe, check_input, state_dtype
-from jaxrnn.contract import as_cell, feature_axes, missing
+from jaxrnn.contract import as_cell, feature_axes
 from jaxrnn.tuning import default_unroll
 
 Array = jax.Array

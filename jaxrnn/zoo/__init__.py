@@ -11,3 +11,31 @@ from jaxrnn.zoo.convlstm import ConvLSTMCell, ConvLSTMParams, conv_lstm
 from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
 from jaxrnn.zoo.mingru import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
 from jaxrnn.zoo.lru import LRUCell, LRUParams, LRUState, lru
+
+__all__ = [
+    "ConvLSTMCell",
+    "ConvLSTMParams",
+    "LRUCell",
+    "LRUParams",
+    "LRUState",
+    "LayerNormGRUCell",
+    "LayerNormGRUParams",
+    "LayerNormLSTMCell",
+    "LayerNormLSTMParams",
+    "MinGRUCell",
+    "MinGRUParams",
+    "MinLSTMCell",
+    "MinLSTMParams",
+    "OriginalGRUCell",
+    "OriginalGRUParams",
+    "PeepholeLSTMCell",
+    "PeepholeLSTMParams",
+    "conv_lstm",
+    "gru_original",
+    "layernorm_gru",
+    "layernorm_lstm",
+    "lru",
+    "min_gru",
+    "min_lstm",
+    "peephole_lstm",
+]
