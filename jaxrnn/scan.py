@@ -182,7 +182,9 @@ def _check_mode(mode):
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES} or a jaxrnn.newton.Newton; got {mode!r}.")
         return mode
-    if type(mode).__name__ == "Newton":
+    from jaxrnn.newton import Newton  # (newton imports nothing of scan; lazily, to keep this module first)
+
+    if isinstance(mode, Newton):
         return mode
     raise TypeError(f"`mode` must be one of {_MODES} or a jaxrnn.newton.Newton; got {type(mode).__name__}.")
 
@@ -256,7 +258,7 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
     mask = None if lengths is None else jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) < lengths
     body = _loop_body(step, reset)
     if T == 0:
-        y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: a[0], _zeros_like_step(inputs))))[1]
+        y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), inputs)))[1]
         return h, jnp.zeros((0,) + y.shape, y.dtype)
     if not remat:
         if (custom_vjp and split is not None and split.probes and tuning.weights_outside(_rows(h, xs_T))
@@ -298,10 +300,6 @@ def _loop_body(step, reset):
         return h_new, ((y, *extra) if extra else y)
 
     return body
-
-
-def _zeros_like_step(inputs):
-    return jax.tree.map(lambda a: jnp.zeros((1,) + a.shape[1:], a.dtype), inputs)
 
 
 def _plan(cell, params, h, xs_T, hoist: bool):

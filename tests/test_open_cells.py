@@ -303,11 +303,13 @@ def test_hoist_false_gives_identical_results():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
 
 
-def test_nothing_to_hoist_runs_the_step_as_written():
-    """A step with no x-only matrix product is scanned as written (nothing is split)."""
-    f = lambda p, h, x: (jnp.tanh(p * h + x), h)
+def test_light_x_only_work_stays_in_the_loop():
+    """x-only work without a matrix product (here ``2 * x``) is not worth a ``[T, ...]``
+    buffer: it stays in the loop, with the step's other operations."""
+    f = lambda p, h, x: (jnp.tanh(p * h + 2.0 * x), h)
     jaxpr = jax.make_jaxpr(lambda xs: jaxrnn.unroll(f, 0.5, jnp.zeros((3, I)), xs))(_data())
     assert _count_in_loop(jaxpr, "tanh") == 1
+    assert _count_in_loop(jaxpr, "mul") == 2  # p * h and 2 * x, both in the loop
 
 
 # ---------------------------------------------------------------------------- stacks
