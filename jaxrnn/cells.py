@@ -140,7 +140,9 @@ class Cell:
     #: Fused path: whether :meth:`pointwise_bwd` reads the new hidden state (``r``).
     bwd_reads_output: ClassVar[bool] = False
     #: Fused path: whether the saved activations are one array shaped like the input
-    #: projection, which can be overwritten in place (see :mod:`jaxrnn.tuning`).
+    #: projection, which can be overwritten in place (see :mod:`jaxrnn.tuning`), then at
+    #: most one ``[N, k*H]`` side array whose place takes the last ``k`` gates of the
+    #: recurrent cotangent ``da`` where it differs from ``dgx`` (the GRU's ``W_hn h + b_hn``).
     saves_gate_buffer: ClassVar[bool] = False
 
     def __post_init__(self):
@@ -465,6 +467,7 @@ class GRUCell(Cell):
     num_gates: ClassVar[int] = 3
     params_type: ClassVar[type] = GRUParams
     adds_recurrent_to_input: ClassVar[bool] = False
+    saves_gate_buffer: ClassVar[bool] = True
 
     @property
     def kind(self) -> str:
@@ -483,12 +486,14 @@ class GRUCell(Cell):
         a_n = a[..., 2 * H :]
         n = jnp.tanh(gx[..., 2 * H :] + r * a_n)
         new = (n + z * (carry[0] - n),)
-        return (new, (rz, n, a_n)) if save else new
+        # Saved: the activations [r, z, n] as one [N, 3H] array shaped like gx (so that
+        # it can overwrite gx in place, see jaxrnn.tuning.in_place), and W_hn h + b_hn.
+        return (new, (jnp.concatenate([rz, n], axis=-1), a_n)) if save else new
 
     def pointwise_bwd(self, saved, carry, new, g_new):
         H = self.hidden_size
-        rz, n, a_n = saved
-        r, z = rz[..., :H], rz[..., H:]
+        act, a_n = saved
+        rz, r, z, n = act[..., : 2 * H], act[..., :H], act[..., H : 2 * H], act[..., 2 * H :]
         (g,) = g_new
         dn = g * (1.0 - z) * (1.0 - n * n)
         drz = jnp.concatenate([dn * a_n, g * (carry[0] - n)], axis=-1) * (rz - rz * rz)
@@ -511,8 +516,8 @@ class GRUCell(Cell):
         a = _matmul(h, params.w_hh, self.compute_dtype)
         if self.bias:
             a = a + params.b_hh.astype(a.dtype)
-        _, (rz, n, a_n) = self.pointwise(self.project(params, x), a, (h,), save=True)
-        r, z = rz[..., :H], rz[..., H:]
+        _, (act, a_n) = self.pointwise(self.project(params, x), a, (h,), save=True)
+        r, z, n = act[..., :H], act[..., H : 2 * H], act[..., 2 * H :]
         w_r, w_z, w_n = jnp.diagonal(params.w_hh.reshape(3, H, H), axis1=1, axis2=2).astype(n.dtype)
         d = z + (h - n) * (z - z * z) * w_z + (1.0 - z) * (1.0 - n * n) * (r * w_n + a_n * (r - r * r) * w_r)
         return d.astype(h.dtype)

@@ -178,15 +178,16 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         return new, y, saved
 
     if save and tuning.in_place(cell):
+        # The saved activations are (act, *side): act, shaped like gx_t, overwrites it.
         def body(carry, inp):
             state, buf = carry
             t, m_t, r_t = inp
-            new, y, (act,) = step(state, jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), m_t, r_t)
-            return (new, jax.lax.dynamic_update_index_in_dim(buf, act, t, axis)), (y,) + tuple(new[1:])
+            new, y, (act, *side) = step(state, jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), m_t, r_t)
+            return (new, jax.lax.dynamic_update_index_in_dim(buf, act, t, axis)), ((y,) + tuple(new[1:]), tuple(side))
 
-        (carry, acts), outs = jax.lax.scan(body, (carry0, gx), (jnp.arange(T, dtype=jnp.int32), mask, rflags),
-                                           reverse=reverse, unroll=unroll)
-        return carry, outs[0], ((acts,), tuple(outs[1:]))
+        (carry, acts), (outs, side) = jax.lax.scan(
+            body, (carry0, gx), (jnp.arange(T, dtype=jnp.int32), mask, rflags), reverse=reverse, unroll=unroll)
+        return carry, outs[0], ((acts,) + side, tuple(outs[1:]))
 
     def body(carry, inp):
         new, y, saved = step(carry, *inp)
@@ -242,7 +243,7 @@ def _recurrence_bwd(static, res, cts):
     first_reset = None if flags is None else reset[0]
     h_prev = _previous(ys, carry0[0], lengths, reverse, flags, first_reset)
     in_place = tuning.in_place(cell) and w_hr is None  # (with a projection, the activations are read after the loop)
-    bm_buf = tuning.batch_major_buffer(cell, batch_major, w_hr)  # saved[0] (and so dgx) is [N, T, 4H]
+    bm_buf = tuning.batch_major_buffer(cell, batch_major, w_hr)  # saved[0] (and so dgx) is [N, T, G*H]
     axis = 1 if bm_buf else 0
     prev = None if in_place else (
         (h_prev,) + tuple(_previous(r, c0, lengths, reverse, flags, None if flags is None else rs)
@@ -277,50 +278,69 @@ def _recurrence_bwd(static, res, cts):
         new_dcarry = tuple(d.astype(c.dtype) for d, c in zip((dh_prev,) + drest_prev, dcarry))
         if r_t is not None:
             new_dcarry = (new_dcarry, dreset)
-        return new_dcarry, (dgx_t, g_h if w_hr is not None else None)
+        return new_dcarry, (dgx_t, g_h if w_hr is not None else None), da_t
 
     d_carry = tuple(jnp.asarray(d) for d in d_carry)
     if flags is not None:
         d_carry = (d_carry, tuple(jnp.zeros_like(r) for r in reset))
     if in_place:
         # Each step's gate cotangents overwrite its saved activations, which nothing
-        # reads afterwards (see jaxrnn.tuning.in_place).
-        T, cs = dys.shape[0], rest[0]
+        # reads afterwards (see jaxrnn.tuning.in_place); the GRU's side buffer of
+        # W_hn h + b_hn (time-major) is overwritten likewise by the part of d(a) that
+        # differs from d(gx), dn * r.
+        T = dys.shape[0]
+        side0 = tuple(saved[1:])
+        shared = cell.num_gates - (side0[0].shape[-1] // cell.hidden_size if side0 else 0)
 
         def body_ip(carry, inp):
-            dcarry, buf, db = carry
-            t, rest_t = inp[0], inp[1:]
-            # Read act_t once, into a small array of its own. XLA fuses a plain slice into
-            # each of its several readers, and then copies the whole buffer at every step
-            # unless it can order all of them before the write.
-            act_t = _apart(lambda: jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), t)
-            # The cell state entering step t, read from the saved states rather than from
-            # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
-            # At each sequence's first step it is the initial state (see _previous).
-            before = jnp.clip(t + (1 if reverse else -1), 0, T - 1)
-            c_prev_t = jax.lax.dynamic_index_in_dim(cs, before, keepdims=False)
-            first = (t == T - 1 if lengths is None else t == lengths - 1) if reverse else t == 0
-            c_prev_t = jnp.where(jnp.reshape(first, (-1, 1)), carry0[1], c_prev_t)
-            if rest_t[-1] is not None:
-                c_prev_t = jnp.where(rest_t[-1], reset[1], c_prev_t)
-            new_dcarry, (dgx_t, _) = body(dcarry, ((act_t,), (None, c_prev_t)) + rest_t)
+            dcarry, buf, side, db = carry
+            t, h_prev_t, rest_t = inp[0], inp[1], inp[2:]
+            # Read step t's saved arrays once, into small arrays of their own. XLA fuses a
+            # plain slice into each of its several readers, and then copies the whole
+            # buffer at every step unless it can order all of them before the write.
+            act_t, *side_t = _apart(lambda: (jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False),)
+                                    + tuple(jax.lax.dynamic_index_in_dim(s, t, 0, keepdims=False) for s in side), t)
+            if cell.is_lstm:
+                # The cell state entering step t, read from the saved states rather than from
+                # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
+                # At each sequence's first step it is the initial state (see _previous).
+                cs = rest[0]
+                before = jnp.clip(t + (1 if reverse else -1), 0, T - 1)
+                c_prev_t = jax.lax.dynamic_index_in_dim(cs, before, keepdims=False)
+                first = (t == T - 1 if lengths is None else t == lengths - 1) if reverse else t == 0
+                c_prev_t = jnp.where(jnp.reshape(first, (-1, 1)), carry0[1], c_prev_t)
+                if rest_t[-1] is not None:
+                    c_prev_t = jnp.where(rest_t[-1], reset[1], c_prev_t)
+                prev_t = (None, c_prev_t)
+            else:
+                prev_t = (h_prev_t,)
+            new_dcarry, (dgx_t, _), da_t = body(dcarry, ((act_t, *side_t), prev_t) + rest_t)
+            if side:
+                side = (jax.lax.dynamic_update_index_in_dim(
+                    side[0], da_t[..., shared * cell.hidden_size:].astype(side[0].dtype), t, 0),)
             if db is not None:
                 db = db + dgx_t.sum(0)
-            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis), db), None
+            return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis), side, db), None
 
         db0 = None if b_x is None else jnp.zeros(saved[0].shape[-1:], saved[0].dtype)
-        (d_carry0, dgx, db_acc), _ = jax.lax.scan(
-            body_ip, (d_carry, saved[0], db0), (jnp.arange(T, dtype=jnp.int32), new, dys, mask, rflags),
+        (d_carry0, dgx, side, db_acc), _ = jax.lax.scan(
+            body_ip, (d_carry, saved[0], side0, db0),
+            (jnp.arange(T, dtype=jnp.int32), None if cell.is_lstm else h_prev, new, dys, mask, rflags),
             reverse=not reverse, unroll=unroll)
         g_h = None
+        if side:  # d(a) = [d(gx) of the shared gates, the rest]
+            tail = jnp.swapaxes(side[0], 0, 1) if bm_buf else side[0]
+            da = jnp.concatenate([dgx[..., : shared * cell.hidden_size], tail], axis=-1)
+        else:
+            da = dgx
     else:
         d_carry0, (dgx, g_h) = jax.lax.scan(
-            body, d_carry, (saved, prev, new, dys, mask, rflags), reverse=not reverse, unroll=unroll
-        )
+            lambda c, inp: body(c, inp)[:2], d_carry, (saved, prev, new, dys, mask, rflags), reverse=not reverse,
+            unroll=unroll)
+        da = cell.recurrent_cotangent(dgx, saved)
     d_reset = None
     if flags is not None:
         d_carry0, d_reset = d_carry0
-    da = cell.recurrent_cotangent(dgx, saved)
     dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
     if batch_major and not bm_buf:  # dgx is time-major, xs batch-major
         dxs = jnp.swapaxes(dxs, 0, 1)

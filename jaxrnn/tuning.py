@@ -75,12 +75,17 @@ def in_place(cell) -> bool:
     serves three arrays in turn: the forward pass writes each step's saved gate
     activations over that step's input projection, which it no longer needs, and the
     backward pass writes each step's gate cotangents over that step's activations. Each
-    saves a fresh ``[T, N, 4H]`` buffer per call, which on the CPU cost more than the
-    writes themselves. Only for cells whose saved activations are one such buffer
-    (``cell.saves_gate_buffer``: the LSTM). LSTM fwd+bwd on 2 CPU cores, A/B medians in
-    one process: the forward took B32 T128 H256 from 123 to 118 ms; the backward (with
-    the cell state entering each step read in the loop, not from a shifted copy) then
-    took it from 110-112 to 101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms. CPU only:
+    saves a fresh ``[T, N, G*H]`` buffer per call, which on the CPU cost more than the
+    writes themselves. Only for cells whose saved activations are such a buffer, plus at
+    most a side buffer (``cell.saves_gate_buffer``: the LSTM; the GRU, whose side buffer of
+    ``W_hn h + b_hn`` takes ``dn * r`` in the backward pass). LSTM fwd+bwd on 2 CPU cores,
+    A/B medians in one process: the forward took B32 T128 H256 from 123 to 118 ms; the
+    backward (with the cell state entering each step read in the loop, not from a shifted
+    copy) then took it from 110-112 to 101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms.
+    GRU fwd+bwd (I=H=256 T128 unless said; medians of 11 interleaved rounds, wall clock;
+    forward-only programs unchanged): B32 78.3 -> 75.3 ms, B8 19.5 -> 18.2, B1 T1000 H128
+    9.83 -> 9.84, B64 T64 H512 206 -> 208; with XLA on one thread (CPU clock) B32
+    127-131 -> 122-123 ms. CPU only:
     on an H100 the in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9
     interleaved rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256
     H256), and it is unmeasured on TPUs."""
@@ -88,7 +93,7 @@ def in_place(cell) -> bool:
 
 
 def batch_major_buffer(cell, batch_major: bool, w_hr) -> bool:
-    """Whether the in-place buffer (see :func:`in_place`) is ``[N, T, 4H]``: with
+    """Whether the in-place buffer (see :func:`in_place`) is ``[N, T, G*H]``: with
     batch-major inputs, the input projection is then made from ``xs`` as it is, and
     the backward pass's ``dxs`` and ``dW_ih`` come from the gate cotangents in that
     layout too, so ``xs`` is never copied into time-major order and ``dxs`` never out

@@ -209,3 +209,23 @@ def test_memory_train_long_smoke(mem, tmp_path):
     assert len(run["step_s"]) == 2 and len(run["losses"]) == 2
     assert all(math.isfinite(v) for v in run["losses"])
     assert run["peak_rss_MB"] > 0 and run["temp_bytes"] > 0
+
+
+def test_flax_modules_smoke(tmp_path):
+    """benchmarks/flax_modules.py end to end on a tiny shape: every program computes the same
+    gradient (the benchmark's own check), and the report has each bound and the nnx.jit costs."""
+    fm = _load("flax_modules")
+    try:
+        out = tmp_path / "fm.json"
+        report = fm.main(["--shapes", "2x5x3x4", "--cells", "gru", "--rounds", "1", "--min-time", "0",
+                          "--max-calls", "1", "--json", str(out)])
+    finally:
+        sys.modules.pop("benchmarks_flax_modules", None)
+    (case,) = report["cases"]
+    assert case["check_ok"], case["check_dxs_max_rel_diff"]
+    assert set(case["median_ms"]) == set(fm.IMPLS)
+    assert {f"{a} / {b}" for a, b, _ in fm.BOUNDS} == set(case["bounds"])
+    assert set(case["nnx_jit_overhead_ms"]) == {"jaxrnn.nnx", "flax.nnx", "bare module"}
+    saved = json.loads(out.read_text())
+    assert [r["cell"] for r in saved["records"]] == ["gru"]
+    assert (tmp_path / "fm.md").read_text().count("| GRU | 2×5×3×4 |") == 1
