@@ -328,11 +328,9 @@ def _recurrence_bwd(static, res, cts):
             (jnp.arange(T, dtype=jnp.int32), None if cell.is_lstm else h_prev, new, dys, mask, rflags),
             reverse=not reverse, unroll=unroll)
         g_h = None
-        if side:  # d(a) = [d(gx) of the shared gates, the rest]
-            tail = jnp.swapaxes(side[0], 0, 1) if bm_buf else side[0]
-            da = jnp.concatenate([dgx[..., : shared * cell.hidden_size], tail], axis=-1)
-        else:
-            da = dgx
+        # d(a) = [d(gx) of the shared gates, then side[0]] (the GRU), assembled or not
+        # below; or d(gx) itself.
+        da = dgx if not side else None
     else:
         d_carry0, (dgx, g_h) = jax.lax.scan(
             lambda c, inp: body(c, inp)[:2], d_carry, (saved, prev, new, dys, mask, rflags), reverse=not reverse,
@@ -351,11 +349,24 @@ def _recurrence_bwd(static, res, cts):
         dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd), bits).astype(w_ih.dtype)
     else:  # dgx, xs and dxs in the same layout
         dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
-    if bm_buf:  # h_prev is time-major, da batch-major
-        h_prev = jnp.swapaxes(h_prev, 0, 1)
     db_x = None if b_x is None else (db_acc if in_place else dgx.sum((0, 1))).astype(b_x.dtype)
-    dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
-    db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
+    if da is None and tuning.assembles_recurrent_cotangent(dgx.size * dgx.dtype.itemsize):
+        da = jnp.concatenate([dgx[..., : shared * cell.hidden_size],
+                              jnp.swapaxes(side[0], 0, 1) if bm_buf else side[0]], axis=-1)
+    if da is None:
+        # The GRU's d(a) = [d(gx)[..., :k], tail] not assembled (see
+        # jaxrnn.tuning.assembles_recurrent_cotangent): its weight gradient is that of
+        # d(gx) with the rows past k replaced by the tail's (both time-major).
+        k, tail = shared * cell.hidden_size, side[0]
+        dw_hh = _weight_grad(dgx, jnp.swapaxes(h_prev, 0, 1) if bm_buf else h_prev, cd)
+        dw_hh = dw_hh.at[k:].set(_weight_grad(tail, h_prev, cd)).astype(w_hh.dtype)
+        db_rec = None if b_rec is None else jnp.concatenate(
+            [dgx[..., :k].sum((0, 1)), tail.sum((0, 1))]).astype(b_rec.dtype)
+    else:
+        if bm_buf:  # h_prev is time-major, da batch-major
+            h_prev = jnp.swapaxes(h_prev, 0, 1)
+        dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
+        db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
     if w_hr is not None:  # r = o * tanh(c) before the projection, for every step at once
         H = cell.hidden_size

@@ -82,14 +82,33 @@ def in_place(cell) -> bool:
     A/B medians in one process: the forward took B32 T128 H256 from 123 to 118 ms; the
     backward (with the cell state entering each step read in the loop, not from a shifted
     copy) then took it from 110-112 to 101-102 ms, and B1 T1000 H128 from 13.0 to 11.2 ms.
-    GRU fwd+bwd (I=H=256 T128 unless said; medians of 11 interleaved rounds, wall clock;
-    forward-only programs unchanged): B32 78.3 -> 75.3 ms, B8 19.5 -> 18.2, B1 T1000 H128
-    9.83 -> 9.84, B64 T64 H512 206 -> 208; with XLA on one thread (CPU clock) B32
-    127-131 -> 122-123 ms. CPU only:
+    GRU fwd+bwd against its earlier separate buffers (I=H=256 T128 unless said; medians of
+    11 interleaved rounds, wall clock; with :func:`assembles_recurrent_cotangent`): B32
+    78.0 -> 66.9 ms, B8 19.4 -> 18.3, B1 T1000 H128 9.60 -> 9.69, B64 T64 H512 209 -> 210.
+    CPU only:
     on an H100 the in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9
     interleaved rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256
     H256), and it is unmeasured on TPUs."""
     return cell.saves_gate_buffer and jax.default_backend() == "cpu"
+
+
+def assembles_recurrent_cotangent(nbytes: int) -> bool:
+    """Whether the GRU's in-place backward pass (see :func:`in_place`) assembles the
+    recurrent cotangent ``d(a) = [d(gx) of gates r, z; dn * r]``, an array of ``nbytes``
+    like ``d(gx)``, for ``dW_hh = d(a)^T h`` and ``db_hh``; or leaves it unassembled, taking
+    ``d(gx)^T h`` whole and replacing its n rows by ``(dn * r)^T h``, which computes
+    ``T*N*H*H`` products in vain but spares two ``[T, N, G*H]`` copies (a slice and the
+    concatenation).
+
+    On the CPU, XLA gets each call's temporary buffer from ``malloc``, and glibc serves a
+    buffer past its mmap threshold (at most 32 MB) with fresh pages from the kernel at
+    every call. The copies took GRU fwd+bwd B32 T128 I=H=256 (``d(gx)`` 12.6 MB) to a
+    37.7 MB temporary buffer, 29.6 MB without them, and 73-79 ms a call against 65-68
+    (2 cores, medians of 9-15 rounds; the same program with ``MALLOC_MMAP_THRESHOLD_``
+    raised took 65 ms with the copies). Where the buffers are small, the wasted products
+    cost more: B1 T1000 H128 (1.5 MB) took 1.02x the time without the copies. So the copies
+    stay below 8 MB of ``d(gx)``. Elsewhere always (unmeasured)."""
+    return nbytes < (8 << 20) or jax.default_backend() != "cpu"
 
 
 def batch_major_buffer(cell, batch_major: bool, w_hr) -> bool:

@@ -422,20 +422,22 @@ def _rearrangements_of(hlo_text: str, shape: str) -> list:
     return found
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the in-place LSTM passes are CPU-only")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the in-place LSTM and GRU passes are CPU-only")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("B, T", [(1, 40), (4, 12), (32, 8)])
-def test_lstm_gradient_updates_its_buffer_in_place(B, T, key):
-    """On the CPU the LSTM gradient reuses one [T, B, 4H] buffer ([B, T, 4H] for
-    batch-major inputs) in place. If XLA ever had to copy it inside a loop, every step
+def test_gradient_updates_its_buffer_in_place(kind, B, T, key):
+    """On the CPU the LSTM and GRU gradients reuse one [T, B, G*H] buffer ([B, T, G*H]
+    for batch-major inputs) in place. If XLA ever had to copy it inside a loop, every step
     would copy the whole buffer (7x slower at B=1 in one variant tried): this guards the
     structure of the compiled program. Batch-major inputs are never copied into
     time-major order, nor their gradient out of it."""
     H, I = 16, 8
-    cell = jaxrnn.lstm(H)
+    cell = getattr(jaxrnn, kind)(H)
+    G = cell.num_gates
     params = cell.init(key, I)
     for time_major in (False, True):
         xs = jnp.ones((T, B, I) if time_major else (B, T, I))
-        buffer = f"f32[{T},{B},{4 * H}]" if time_major else f"f32[{B},{T},{4 * H}]"
+        buffer = f"f32[{T},{B},{G * H}]" if time_major else f"f32[{B},{T},{G * H}]"
         for lengths in (None, jnp.full((B,), T // 2)):
             for reverse in (False, True):
                 def loss(p, xs):
@@ -449,6 +451,40 @@ def test_lstm_gradient_updates_its_buffer_in_place(B, T, key):
                 assert _loop_body_copies(text, buffer) == 0, label
                 if not time_major and B > 1:
                     assert _rearrangements_of(text, f"f32[{B},{T},{I}]") == [], label
+
+
+@pytest.mark.parametrize("assembled", [True, False])
+def test_gru_recurrent_cotangent_assembled_or_not(assembled, monkeypatch, normal, key, assert_close):
+    """The GRU's in-place backward pass takes dW_hh and db_hh from d(a) = [d(gx) of r, z;
+    dn * r], either assembled or not (jaxrnn.tuning.assembles_recurrent_cotangent, which
+    decides by size): both equal the Python loop's gradients, with ragged lengths (one
+    zero), resets, a random initial state and non-zero biases, both ways and in both
+    layouts."""
+    from jaxrnn import tuning
+
+    monkeypatch.setattr(tuning, "assembles_recurrent_cotangent", lambda nbytes: assembled)
+    B, T_, I, H = 3, 6, 4, 5
+    for bias in (True, False):
+        cell = jaxrnn.gru(H, bias=bias)
+        params = jax.tree.map(lambda a: a + 0.1, cell.init(key, I))
+        h0 = normal((B, H), seed=1)
+        xs = normal((B, T_, I), seed=2)
+        lengths = jnp.array([T_, 0, 4])
+        resets = jnp.zeros((B, T_), bool).at[0, 2].set(True).at[2, 1].set(True)
+        w_ys = normal((B, T_, H), seed=3)
+        for reverse in (False, True):
+            for time_major in (False, True):
+                swap = (lambda a: jnp.swapaxes(a, 0, 1)) if time_major else (lambda a: a)
+
+                def loss(run, params, h0, xs):
+                    h, ys = run(cell, params, h0, xs, seq_lengths=lengths, resets=swap(resets), reverse=reverse,
+                                time_major=time_major)
+                    return jnp.sum(ys * swap(w_ys)) + jnp.sum(jnp.sin(3.0 * h))
+
+                args = (params, h0, swap(xs))
+                ref = jax.value_and_grad(functools.partial(loss, python_unroll), argnums=(0, 1, 2))(*args)
+                got = jax.jit(jax.value_and_grad(functools.partial(loss, jaxrnn.unroll), argnums=(0, 1, 2)))(*args)
+                assert_close(got, ref, err_msg=f"bias={bias} reverse={reverse} time_major={time_major}")
 
 
 def test_h_none_is_zero_state(inputs, assert_close):
