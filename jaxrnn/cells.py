@@ -323,7 +323,7 @@ class Cell:
         """The bias added to ``h @ w_hh.T`` inside the loop (GRU only)."""
         return None
 
-    def pointwise(self, gx: Array, a: Optional[Array], carry: tuple, *, save: bool = False):
+    def pointwise(self, gx: Array, a: Optional[Array], carry: tuple, *, save: bool = False, apart=None):
         """Gate arithmetic of one step, given both pre-activations.
 
         Args:
@@ -332,6 +332,10 @@ class Cell:
             RNN and LSTM it may be None when ``gx`` already holds the sum.
           carry: the previous state as a tuple, ``(h,)`` or ``(h, c)``.
           save: also return the activations that :meth:`pointwise_bwd` needs.
+          apart: None, or ``apart(fn)`` computing ``fn()`` as a computation of its own,
+            which XLA does not fuse with the rest: the fused path passes it where
+            :func:`jaxrnn.tuning.separates_nonlinearities` says so, and a cell whose
+            arithmetic takes two nonlinearities in sequence computes the first in it.
 
         Returns:
           ``(r,)`` or ``(r, c_new)``: the new state before the LSTM projection
@@ -428,7 +432,7 @@ class RNNCell(Cell):
     def kind(self) -> str:
         return f"rnn_{self.nonlinearity}"
 
-    def pointwise(self, gx, a, carry, *, save=False):
+    def pointwise(self, gx, a, carry, *, save=False, apart=None):
         s = gx if a is None else gx + a
         r = jnp.tanh(s) if self.nonlinearity == "tanh" else jax.nn.relu(s)
         return ((r,), ()) if save else (r,)
@@ -479,9 +483,10 @@ class GRUCell(Cell):
     def recurrent_bias(self, params):
         return params.b_hh if self.bias else None
 
-    def pointwise(self, gx, a, carry, *, save=False):
+    def pointwise(self, gx, a, carry, *, save=False, apart=None):
         H = self.hidden_size
-        rz = _sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
+        gates = lambda: _sigmoid(gx[..., : 2 * H] + a[..., : 2 * H])
+        rz = gates() if apart is None else apart(gates)
         r, z = rz[..., :H], rz[..., H:]
         a_n = a[..., 2 * H :]
         n = jnp.tanh(gx[..., 2 * H :] + r * a_n)
@@ -569,14 +574,14 @@ class LSTMCell(Cell):
             raise TypeError(f"`{name}` must be an (h, c) pair (LSTMState) for an LSTM cell; got {_describe(h)}.")
         return ((f"{name}.h", h[0], self.output_size), (f"{name}.c", h[1], self.hidden_size))
 
-    def pointwise(self, gx, a, carry, *, save=False):
+    def pointwise(self, gx, a, carry, *, save=False, apart=None):
         H = self.hidden_size
         s = gx if a is None else gx + a
         # All four gate nonlinearities as one tanh over the contiguous [N, 4H] block
         # (sigmoid(x) = 0.5 * tanh(x / 2) + 0.5): one vectorised pass instead of four
         # sliced ones, ~3x faster gate arithmetic on XLA:CPU.
         scale, offset = _lstm_gate_constants(H)
-        act = jnp.tanh(s * scale) * scale + offset
+        act = jnp.tanh(s * scale) * scale + offset  # (apart: measured no faster, see jaxrnn.tuning)
         i, f, g, o = act[..., :H], act[..., H : 2 * H], act[..., 2 * H : 3 * H], act[..., 3 * H :]
         c = f * carry[1] + i * g
         new = (o * jnp.tanh(c), c)

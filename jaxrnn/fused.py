@@ -155,7 +155,9 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
             return _matmul(h, w_hh, cd)
         return tuning.blocked_matmul(h, w_hh_t, blocks, cd)
 
-    def step(carry, gx_t, m_t, r_t):
+    separate = not save and tuning.separates_nonlinearities()
+
+    def step(carry, gx_t, m_t, r_t, t):
         if r_t is not None:  # a new segment starts here (only ever inside the length)
             carry = tuple(jnp.where(r_t, r, c) for r, c in zip(reset, carry))
         a = recurrent(carry[0])
@@ -165,7 +167,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
             gx_t = gx_t + b_x.astype(acc_dtype(b_x.dtype))
         if cell.adds_recurrent_to_input:
             gx_t, a = gx_t + a, None
-        new, saved = cell.pointwise(gx_t, a, carry, save=True)
+        new, saved = cell.pointwise(gx_t, a, carry, save=True, apart=(lambda fn: _apart(fn, t)) if separate else None)
         h = new[0]
         if w_hr is not None:
             h = _matmul(h, w_hr, cd)
@@ -182,7 +184,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         def body(carry, inp):
             state, buf = carry
             t, m_t, r_t = inp
-            new, y, (act, *side) = step(state, jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), m_t, r_t)
+            new, y, (act, *side) = step(state, jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False), m_t, r_t, t)
             return (new, jax.lax.dynamic_update_index_in_dim(buf, act, t, axis)), ((y,) + tuple(new[1:]), tuple(side))
 
         (carry, acts), (outs, side) = jax.lax.scan(
@@ -193,7 +195,8 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         new, y, saved = step(carry, *inp)
         return new, ((y, saved, new[1:]) if save else (y,))
 
-    carry, outs = jax.lax.scan(body, carry0, (gx, mask, rflags), reverse=reverse, unroll=unroll)
+    carry, outs = jax.lax.scan(body, carry0, (gx, mask, rflags, jnp.arange(T, dtype=jnp.int32)), reverse=reverse,
+                               unroll=unroll)
     return carry, outs[0], outs[1:]
 
 

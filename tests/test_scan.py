@@ -453,6 +453,27 @@ def test_gradient_updates_its_buffer_in_place(kind, B, T, key):
                     assert _rearrangements_of(text, f"f32[{B},{T},{I}]") == [], label
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU-only choice (jaxrnn.tuning.separates_nonlinearities)")
+def test_gru_inference_keeps_its_two_nonlinearities_apart(monkeypatch, key, assert_close):
+    """GRU inference on the CPU computes sigmoid(r, z) in a conditional of its own, so that
+    XLA does not fuse it with the n gate's tanh (which it would leave unvectorised). This
+    guards the structure of the compiled program; with the choice off there is no
+    conditional, and the outputs are the same."""
+    from jaxrnn import tuning
+
+    cell = jaxrnn.gru(8)
+    params = jax.tree.map(lambda a: a + 0.1, cell.init(key, 4))
+    xs = jnp.linspace(-2.0, 2.0, 60).reshape(3, 5, 4)
+    outs, counts = [], []
+    for separate in (True, False):
+        monkeypatch.setattr(tuning, "separates_nonlinearities", lambda: separate)
+        run = jax.jit(lambda p, x: jaxrnn.unroll(cell, p, None, x)[1])
+        counts.append(len(re.findall(r"\bconditional\(", run.lower(params, xs).compile().as_text())))
+        outs.append(run(params, xs))
+    assert counts == [1, 0]
+    assert_close(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("assembled", [True, False])
 def test_gru_recurrent_cotangent_assembled_or_not(assembled, monkeypatch, normal, key, assert_close):
     """The GRU's in-place backward pass takes dW_hh and db_hh from d(a) = [d(gx) of r, z;
