@@ -271,6 +271,32 @@ def test_to_keras_from_jaxrnn_params(key):
     close(to_keras(net, params)(xs), call(net, params, None, xs)[1])
 
 
+@pytest.mark.parametrize("make", [
+    lambda: jaxrnn.stack([jaxrnn.gru(4), jaxrnn.lstm(3)], bidirectional=True, dropout=0.3, head=2),
+    lambda: jaxrnn.stack([jaxrnn.rnn(4, nonlinearity="relu"), jaxrnn.zoo.gru_original(3)]),
+    lambda: jaxrnn.lstm(5),
+    lambda: jaxrnn.gru(4, bias=False),
+])
+def test_to_keras_from_a_jaxrnn_net(make, key):
+    """A jaxrnn cell or stack trained in jaxrnn exports to a Keras model giving its ``ys``
+    (random non-zero biases; a bidirectional stack's backward direction; a head)."""
+    net = make()
+    params = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(3), a.shape, a.dtype, -0.3, 0.3),
+                          net.init(key, I))
+    model = to_keras(net, params)
+    xs = inputs(seed=23, mask=np.ones((B, T), bool))
+    close(model(xs), net(params, None, xs)[1] if hasattr(net, "cells") else jaxrnn.unroll(net, params, None, xs)[1])
+
+
+def test_to_keras_refuses_what_keras_lacks(key):
+    with pytest.raises(ValueError, match="`proj_size`"):
+        to_keras(jaxrnn.lstm(4, proj_size=2), jaxrnn.lstm(4, proj_size=2).init(key, I))
+    with pytest.raises(TypeError, match="`net` must be a KerasRNN"):
+        to_keras(object(), None)
+    with pytest.raises(TypeError, match="StackParams"):
+        to_keras(jaxrnn.stack([jaxrnn.gru(4)]), jaxrnn.gru(4).init(key, I))
+
+
 # --------------------------------------------------------------------------- errors
 
 

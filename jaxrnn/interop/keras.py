@@ -7,6 +7,7 @@ depends on it. Reading weights works with any Keras backend::
     net, params = jaxrnn.interop.keras.from_keras(model)  # a layer or a Sequential
     h, ys = net(params, None, xs)                         # ys == model(xs), Keras' layouts
     model = jaxrnn.interop.keras.to_keras(net, params)    # a built keras.Sequential
+    model = jaxrnn.interop.keras.to_keras(jaxrnn.stack([...]), params)  # from jaxrnn itself
 
 ``net`` takes Keras' inputs, ``[B, T, I]`` floats (``[B, T]`` integer ids after an
 ``Embedding``), and returns ``(h, ys)``: ``ys`` is what the Keras model returns, and ``h``
@@ -73,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn.cells import Cell, GRUParams, LSTMParams, LSTMState, RNNParams, gru, lstm, rnn
-from jaxrnn.layers import Bidirectional, DenseParams, dense
+from jaxrnn.layers import Bidirectional, DenseParams, Stack, StackParams, dense
 from jaxrnn.scan import unroll
 from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
 
@@ -607,20 +608,49 @@ def _set_recurrent(keras_layer, cell, p):
         kc.bias.assign(bias)
 
 
-def to_keras(net: KerasRNN, params: KerasParams, *, time_steps: Optional[int] = None):
+def _from_jaxrnn(net, params):
+    """A jaxrnn cell or :func:`jaxrnn.stack` as the :class:`KerasRNN` that computes its ``ys``."""
+    if isinstance(net, Stack):
+        if not isinstance(params, StackParams):
+            raise TypeError(f"`params` must be the stack's StackParams; got {type(params).__name__}.")
+        layers = []
+        for cell in net.cells:
+            forward = KerasLayer(cell, return_sequences=True)
+            layers.append(KerasBidirectional(forward, KerasLayer(cell, return_sequences=True, go_backwards=True))
+                          if net.bidirectional else forward)
+        head = None if net.head is None else (net.head, "linear")
+        return KerasRNN(tuple(layers), head=head), KerasParams(None, tuple(params.layers), params.head)
+    if isinstance(net, (Cell, OriginalGRUCell)):
+        return KerasRNN((KerasLayer(net, return_sequences=True),)), KerasParams(None, (params,))
+    raise TypeError(f"`net` must be a KerasRNN (from from_keras), a jaxrnn cell (rnn, gru, lstm, "
+                    f"zoo.gru_original) or a jaxrnn.stack of them; got {type(net).__name__}.")
+
+
+def to_keras(net, params, *, time_steps: Optional[int] = None):
     """Builds the equivalent ``keras.Sequential`` with these weights loaded.
 
     Args:
-      net, params: from :func:`from_keras` (or built by hand).
+      net, params: from :func:`from_keras` (or a :class:`KerasRNN` built by hand); or a
+        jaxrnn cell (``rnn``, ``gru``, ``lstm`` without ``proj_size``,
+        ``zoo.gru_original``) or a :func:`jaxrnn.stack` of them (bidirectional or not,
+        with or without its linear head) and its params, whose Keras model then returns
+        ``net(params, None, xs)[1]``: every layer with ``return_sequences=True``, a
+        bidirectional layer as ``Bidirectional(..., merge_mode="concat")``. A stack's
+        dropout acts in training only, and is not carried over.
       time_steps: the fixed sequence length of the model's ``keras.Input``; needed by Keras
         for layers with ``unroll=True``, None otherwise.
 
     Returns:
       A built ``keras.Sequential`` whose output is ``net(params, None, xs)[1]``.
+
+    Raises:
+      TypeError: ``net`` is none of the above.
+      ValueError: a cell has no Keras counterpart (an LSTM with ``proj_size``, a cell with a
+        ``compute_dtype`` other than float32, a custom cell).
     """
     keras = _import_keras()
     if not isinstance(net, KerasRNN):
-        raise TypeError(f"`net` must be a KerasRNN (from from_keras); got {type(net).__name__}.")
+        net, params = _from_jaxrnn(net, params)
     input_size = net.check_params(params)
     if net.embedding is not None:
         layers = [keras.Input(shape=(time_steps,), dtype="int32"),
