@@ -140,20 +140,14 @@ def make_programs(kind: str, shape, seed: int = 0) -> dict:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-class _Bare:
-    """Built on first use (flax is imported lazily): a bare ``nnx.Module`` holding the
-    given arrays as ``nnx.Param`` attributes ``p0, p1, ...``."""
+def bare_module(arrays):
+    """A bare ``nnx.Module`` holding ``arrays`` as ``nnx.Param`` attributes ``p0, p1, ...``."""
+    from flax import nnx
 
-    @staticmethod
-    def make(arrays):
-        from flax import nnx
-
-        class Bare(nnx.Module):
-            def __init__(self, arrays):
-                for i, a in enumerate(arrays):
-                    setattr(self, f"p{i}", nnx.Param(a))
-
-        return Bare(arrays)
+    module = nnx.Module()
+    for i, a in enumerate(arrays):
+        setattr(module, f"p{i}", nnx.Param(a))
+    return module
 
 
 def nnx_jit_overhead_ms(modules: dict, clock, rounds: int = 7, calls: int = 200) -> dict:
@@ -190,7 +184,7 @@ def run_case(kind: str, shape, args, log) -> dict:
     scale = max(float(np.max(np.abs(ref))), 1e-30)
     check = {name: float(np.max(np.abs(d - ref)) / scale) for name, d in dxs.items()}
     ok = all(v <= 1e-4 for v in check.values())
-    log(f"  check dL/dxs vs functional (max rel diff): " + ", ".join(f"{k} {v:.1e}" for k, v in check.items())
+    log("  check dL/dxs vs functional (max rel diff): " + ", ".join(f"{k} {v:.1e}" for k, v in check.items())
         + ("  ok" if ok else "  MISMATCH"))
     calls, clock = {}, CLOCKS[args.clock]
     for name, (fn, fargs, _) in programs.items():
@@ -206,7 +200,7 @@ def run_case(kind: str, shape, args, log) -> dict:
     med = {name: statistics.median(v) for name, v in samples.items()}
     jaxrnn_module = programs["jaxrnn.nnx"][1][0]
     overhead = nnx_jit_overhead_ms({"jaxrnn.nnx": jaxrnn_module, "flax.nnx": programs["flax.nnx"][1][0],
-                                    "bare module": _Bare.make(jax.tree.leaves(jaxrnn_module.params))}, clock)
+                                    "bare module": bare_module(jax.tree.leaves(jaxrnn_module.params))}, clock)
     log("  nnx.jit's own time per call (a grad of a sum of the params): "
         + ", ".join(f"{k} {v:.3f} ms" for k, v in overhead.items()))
     ratios = {f"{a} / {b}": med[a] / med[b] for a, b in tuple((a, b) for a, b, _ in BOUNDS) + REPORTED}

@@ -195,8 +195,8 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         new, y, saved = step(carry, *inp)
         return new, ((y, saved, new[1:]) if save else (y,))
 
-    carry, outs = jax.lax.scan(body, carry0, (gx, mask, rflags, jnp.arange(T, dtype=jnp.int32)), reverse=reverse,
-                               unroll=unroll)
+    ts = jnp.arange(T, dtype=jnp.int32) if separate else None  # (only ``apart`` reads t)
+    carry, outs = jax.lax.scan(body, carry0, (gx, mask, rflags, ts), reverse=reverse, unroll=unroll)
     return carry, outs[0], outs[1:]
 
 
@@ -293,7 +293,7 @@ def _recurrence_bwd(static, res, cts):
         # differs from d(gx), dn * r.
         T = dys.shape[0]
         side0 = tuple(saved[1:])
-        shared = cell.num_gates - (side0[0].shape[-1] // cell.hidden_size if side0 else 0)
+        k = saved[0].shape[-1] - (side0[0].shape[-1] if side0 else 0)  # d(a)[..., :k] is d(gx)[..., :k]
 
         def body_ip(carry, inp):
             dcarry, buf, side, db = carry
@@ -319,8 +319,7 @@ def _recurrence_bwd(static, res, cts):
                 prev_t = (h_prev_t,)
             new_dcarry, (dgx_t, _), da_t = body(dcarry, ((act_t, *side_t), prev_t) + rest_t)
             if side:
-                side = (jax.lax.dynamic_update_index_in_dim(
-                    side[0], da_t[..., shared * cell.hidden_size:].astype(side[0].dtype), t, 0),)
+                side = (jax.lax.dynamic_update_index_in_dim(side[0], da_t[..., k:].astype(side[0].dtype), t, 0),)
             if db is not None:
                 db = db + dgx_t.sum(0)
             return (new_dcarry, jax.lax.dynamic_update_index_in_dim(buf, dgx_t, t, axis), side, db), None
@@ -331,14 +330,14 @@ def _recurrence_bwd(static, res, cts):
             (jnp.arange(T, dtype=jnp.int32), None if cell.is_lstm else h_prev, new, dys, mask, rflags),
             reverse=not reverse, unroll=unroll)
         g_h = None
-        # d(a) = [d(gx) of the shared gates, then side[0]] (the GRU), assembled or not
-        # below; or d(gx) itself.
-        da = dgx if not side else None
+        # The GRU's d(a) is [d(gx)[..., :k], tail], assembled below or not; the LSTM's is d(gx).
+        tail = side[0] if side else None
+        da = dgx if tail is None else None
     else:
         d_carry0, (dgx, g_h) = jax.lax.scan(
             lambda c, inp: body(c, inp)[:2], d_carry, (saved, prev, new, dys, mask, rflags), reverse=not reverse,
             unroll=unroll)
-        da = cell.recurrent_cotangent(dgx, saved)
+        tail, da = None, cell.recurrent_cotangent(dgx, saved)
     d_reset = None
     if flags is not None:
         d_carry0, d_reset = d_carry0
@@ -353,14 +352,11 @@ def _recurrence_bwd(static, res, cts):
     else:  # dgx, xs and dxs in the same layout
         dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
     db_x = None if b_x is None else (db_acc if in_place else dgx.sum((0, 1))).astype(b_x.dtype)
-    if da is None and tuning.assembles_recurrent_cotangent(dgx.size * dgx.dtype.itemsize):
-        da = jnp.concatenate([dgx[..., : shared * cell.hidden_size],
-                              jnp.swapaxes(side[0], 0, 1) if bm_buf else side[0]], axis=-1)
+    if tail is not None and tuning.assembles_recurrent_cotangent(dgx.size * dgx.dtype.itemsize):
+        da = jnp.concatenate([dgx[..., :k], jnp.swapaxes(tail, 0, 1) if bm_buf else tail], axis=-1)
     if da is None:
-        # The GRU's d(a) = [d(gx)[..., :k], tail] not assembled (see
-        # jaxrnn.tuning.assembles_recurrent_cotangent): its weight gradient is that of
-        # d(gx) with the rows past k replaced by the tail's (both time-major).
-        k, tail = shared * cell.hidden_size, side[0]
+        # d(a) not assembled (see jaxrnn.tuning.assembles_recurrent_cotangent): its weight
+        # gradient is that of d(gx) with the rows past k replaced by the tail's (time-major).
         dw_hh = _weight_grad(dgx, jnp.swapaxes(h_prev, 0, 1) if bm_buf else h_prev, cd)
         dw_hh = dw_hh.at[k:].set(_weight_grad(tail, h_prev, cd)).astype(w_hh.dtype)
         db_rec = None if b_rec is None else jnp.concatenate(

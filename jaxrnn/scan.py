@@ -261,7 +261,7 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
         y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), inputs)))[1]
         return h, jnp.zeros((0,) + y.shape, y.dtype)
     if not remat:
-        if (custom_vjp and split is not None and split.probes and tuning.weights_outside(_rows(h, xs_T))
+        if (custom_vjp and split is not None and split.parts.probes and tuning.weights_outside(_rows(h, xs_T))
                 and _all_floating((split.c, h, inputs, reset))):
             return _weights_outside(split, h, inputs, mask, flags, reset, reverse=reverse, unroll=unroll)
         return jax.lax.scan(body, h, (inputs, mask, flags), reverse=reverse, unroll=unroll)
@@ -335,10 +335,6 @@ class _Hoisted(NamedTuple):
     parts: _hoist.Split
     c: list
 
-    @property
-    def probes(self):
-        return self.parts.probes
-
 
 def _all_floating(tree) -> bool:
     return all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(tree))
@@ -387,8 +383,7 @@ def _weights_outside(split, h, inputs, mask, flags, reset, *, reverse, unroll):
         pull, a, c = res
         ct_rest, ct_h, ct_inputs, ct_e, ct_reset = pull(tuple(cts) + (jax.tree.map(jnp.zeros_like, a),))
         ct_w = parts.weight_grads(c, a, ct_e)
-        ct_c = [ct_w[i] if i in weights else v for i, v in enumerate(ct_rest)]
-        return ct_c, ct_h, ct_inputs, ct_reset
+        return join(ct_rest, {i: ct_w[i] for i in weights}), ct_h, ct_inputs, ct_reset
 
     run.defvjp(run_fwd, run_bwd)
     return run(c, h, inputs, reset)
