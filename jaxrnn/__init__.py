@@ -28,6 +28,7 @@ from jaxrnn.interop.flax import from_flax, to_flax_linen, to_flax_nnx
 from jaxrnn.interop.keras import KerasRNN, from_keras, to_keras
 from jaxrnn.interop.torch import TorchRNN, from_torch, to_torch, to_torch_state_dict
 from jaxrnn.linear import linear_scan
+from jaxrnn.matrix import matrix_scan
 from jaxrnn.newton import Newton, NewtonInfo, newton_unroll
 from jaxrnn.layers import Bidirectional, DenseParams, Stack, StackParams, stack
 from jaxrnn.scan import default_unroll, unroll
@@ -72,6 +73,7 @@ __all__ = [
     "gru",
     "linear_scan",
     "lstm",
+    "matrix_scan",
     "make_eval_step",
     "make_train_step",
     "newton_unroll",

@@ -1,0 +1,467 @@
+"""Matrix-valued linear recurrences (linear attention, DeltaNet, GLA, Mamba-2, mLSTM).
+
+:func:`matrix_scan` is the matrix counterpart of :func:`jaxrnn.linear.linear_scan`. Per
+batch element and head, with a state ``S`` of shape ``[d_k, d_v]``::
+
+    S = h0
+    for t in range(T):
+        S = G[t] ∘ S                                    # decay: exp(log_decay[t])
+        if beta is None:
+            S = S + k[t] v[t]ᵀ                          # linear attention, GLA, Mamba-2, mLSTM
+        else:
+            S = S - beta[t] k[t] (k[t]ᵀ S) + beta[t] k[t] v[t]ᵀ   # (gated) delta rule
+        o[t] = scale * Sᵀ q[t]
+    return S, o
+
+``G[t]`` is ``exp(log_decay[t])``: one number per head (``log_decay [*batch, T, heads]``)
+or one per key channel, applied to the rows of ``S`` (``[*batch, T, heads, d_k]``).
+
+Two modes compute the same values:
+
+* ``"sequential"``: one ``lax.scan`` of the step above (its gradient stores a state per step);
+* ``"chunked"``: time split into chunks of ``C`` steps. Inside a chunk, with
+  ``g_t = Σ_{s<=t} log_decay_s`` (a cumulative sum restarted at each chunk), the state
+  entering the chunk ``S_0`` and the delta rule's pseudo-values ``u_t``::
+
+      S_t = Γ_t S_0 + Σ_{j<=t} (Γ_t / Γ_j) k_j u_jᵀ,     Γ_t = exp(g_t)
+      (I + A) U = diag(β) V - diag(β) (Γ ∘ K) S_0,     A_tj = β_t k_tᵀ (Γ_t/Γ_j) k_j  (j < t)
+
+  (``U = V`` without the delta term). ``U = Ũ - W S_0`` with ``Ũ = (I + A)⁻¹ diag(β) V`` and
+  ``W = (I + A)⁻¹ diag(β) (Γ ∘ K)`` is the WY form, solved exactly by one unit lower
+  triangular solve per chunk. Every chunk's ``Ũ, W`` are computed at once; a sequential scan
+  of ``T / C`` steps carries the state across chunks,
+  ``S_next = Γ_C S_0 + Σ_j (Γ_C / Γ_j) k_j u_jᵀ``; then the outputs of all chunks at once,
+  ``O = scale ((Γ ∘ Q) S_0 + (Q Kᵀ ∘ D) U)`` with the causal decay mask
+  ``D_tj = Γ_t / Γ_j`` (``j <= t``).
+
+  The decay ratios are formed as ``exp(g_t - g_j)`` with ``j <= t``, never as
+  ``exp(g_t) * exp(-g_j)``: every exponent is ``<= 0``, nothing overflows however strong the
+  decay. With a decay per key channel the in-chunk products ``Σ_c x_tc y_jc exp(g_tc - g_jc)``
+  are split into sub-chunks of 16 steps: across sub-chunks both factors are scaled to the
+  boundary between them (two exponents ``<= 0``), within a sub-chunk the product is formed
+  pairwise.
+
+  Its gradient is a custom VJP that keeps only the inputs and the state entering every chunk
+  (``T / C`` states, not ``T``) and recomputes the rest chunk by chunk: memory
+  ``O(T·d + (T/C)·d²)``, not ``O(T·d²)``.
+
+State, decays and gates are computed in float32 whatever the input dtype (float64 when an
+input is float64, with ``jax_enable_x64``); the outputs come back in ``v``'s dtype.
+
+Masks, with :func:`jaxrnn.unroll`'s meaning:
+
+* ``seq_lengths``: past its length a sequence's state is frozen and its outputs are zero; the
+  returned state is the one at the true length (``h0`` for a length 0);
+* ``resets``: ``resets[t]`` True means step ``t`` starts a new segment: the state entering it
+  is zero (a zero decay). In the chunked form a reset is not a ``-inf`` log-decay (which
+  would give ``inf - inf``): the step's log-decay is set to 0 and every decay ratio that
+  spans a reset is masked to 0, by segment numbers counted inside each chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.linear import _acc_dtype, _check_lengths
+
+Array = jax.Array
+
+__all__ = ["matrix_scan", "MODES", "DEFAULT_CHUNK_SIZE"]
+
+#: The evaluation modes of :func:`matrix_scan`.
+MODES = ("sequential", "chunked")
+
+#: The default ``chunk_size``.
+DEFAULT_CHUNK_SIZE = 64
+
+#: Sub-chunk length for decays per key channel (see the module docstring).
+_SUB_CHUNK = 16
+
+
+# --------------------------------------------------------------------------- public entry
+
+
+def matrix_scan(
+    q,
+    k,
+    v,
+    log_decay,
+    beta=None,
+    h0=None,
+    *,
+    seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    time_major: bool = False,
+    mode: str = "chunked",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    scale: float = 1.0,
+):
+    """The matrix-valued recurrence of the module docstring over time.
+
+    Args:
+      q: queries ``[*batch, T, heads, d_k]`` (``[T, *batch, heads, d_k]`` with ``time_major``).
+      k: keys, the shape of ``q``.
+      v: values ``[*batch, T, heads, d_v]``.
+      log_decay: ``log G``, ``<= 0``: ``[*batch, T, heads]`` (a scalar decay per head) or
+        ``[*batch, T, heads, d_k]`` (one per key channel). Positive values are not checked;
+        they grow the state and the chunked form loses its overflow guarantee.
+      beta: None (no delta term) or ``[*batch, T, heads]``: the delta rule's step sizes
+        (``[0, 1]``, or ``[0, 2]`` for negative eigenvalues).
+      h0: initial state ``[*batch, heads, d_k, d_v]``; None for zeros.
+      seq_lengths: optional integer lengths ``[*batch]`` of right-padded sequences, in
+        ``[0, T]`` (checked when concrete).
+      resets: optional bool ``[*batch, T]`` (``[T, *batch]`` with ``time_major``): True at
+        ``t`` means the state entering step ``t`` is zero.
+      time_major: layout of ``q, k, v, log_decay, beta, resets`` and of the returned outputs.
+      mode: ``"sequential"`` or ``"chunked"`` (module docstring).
+      chunk_size: steps per chunk for ``mode="chunked"`` (at most ``T`` is used).
+      scale: factor of the outputs, ``o = scale * Sᵀ q`` (e.g. ``d_k ** -0.5``).
+
+    Returns:
+      ``(S, o)``: the final state ``[*batch, heads, d_k, d_v]`` in float32 (float64 under
+      x64 with float64 inputs) and the outputs ``[*batch, T, heads, d_v]`` (or time-major) in
+      ``v``'s dtype, zero past each length.
+
+    Raises:
+      TypeError, ValueError: at trace time, naming the offending argument.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxrnn.matrix import matrix_scan
+      >>> B, T, H, dk, dv = 2, 10, 3, 4, 5
+      >>> ks = jax.random.split(jax.random.key(0), 4)
+      >>> q, k = (jax.random.normal(x, (B, T, H, dk)) for x in ks[:2])
+      >>> v = jax.random.normal(ks[2], (B, T, H, dv))
+      >>> log_decay = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, T, H)))
+      >>> beta = jnp.full((B, T, H), 0.5)
+      >>> S, o = matrix_scan(q, k, v, log_decay, beta, chunk_size=4)
+      >>> S2, o2 = matrix_scan(q, k, v, log_decay, beta, mode="sequential")
+      >>> S.shape, o.shape, bool(jnp.allclose(o, o2, atol=1e-4))
+      ((2, 3, 4, 5), (2, 10, 3, 5), True)
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}.")
+    q = _as_float(q, "q")
+    k = _as_float(k, "k")
+    v = _as_float(v, "v")
+    log_decay = _as_float(log_decay, "log_decay")
+    if q.ndim < 3:
+        raise ValueError(f"`q` must have shape [*batch, T, heads, d_k] (rank >= 3); got {tuple(q.shape)}.")
+    if k.shape != q.shape:
+        raise ValueError(f"`k` must have the shape of `q`, {tuple(q.shape)}; got {tuple(k.shape)}.")
+    lead = tuple(q.shape[:-1])  # [*batch, T, heads] or [T, *batch, heads]
+    if v.ndim != q.ndim or tuple(v.shape[:-1]) != lead:
+        raise ValueError(f"`v` must have shape {list(lead) + ['d_v']} (that of `q` but the last axis); "
+                         f"got {tuple(v.shape)}.")
+    d_k, d_v = int(q.shape[-1]), int(v.shape[-1])
+    if tuple(log_decay.shape) == lead:
+        per_channel = False
+    elif tuple(log_decay.shape) == lead + (d_k,):
+        per_channel = True
+    else:
+        raise ValueError(f"`log_decay` must have shape {list(lead)} (one decay per head) or "
+                         f"{list(lead + (d_k,))} (one per key channel); got {tuple(log_decay.shape)}.")
+    if beta is not None:
+        beta = _as_float(beta, "beta")
+        if tuple(beta.shape) != lead:
+            raise ValueError(f"`beta` must have shape {list(lead)}; got {tuple(beta.shape)}.")
+    if time_major:
+        T, batch_shape = int(q.shape[0]), tuple(q.shape[1:-2])
+    else:
+        T, batch_shape = int(q.shape[-3]), tuple(q.shape[:-3])
+    H = int(q.shape[-2])
+    state_shape = batch_shape + (H, d_k, d_v)
+    if h0 is not None:
+        h0 = _as_float(h0, "h0")
+        if tuple(h0.shape) != state_shape:
+            raise ValueError(f"`h0` must have shape [*batch, heads, d_k, d_v] = {list(state_shape)}; "
+                             f"got {tuple(h0.shape)}.")
+    lengths = _check_lengths(seq_lengths, batch_shape, T)
+    resets_T = _check_resets(resets, batch_shape, T, time_major)
+    dtype = _acc_dtype(*(x.dtype for x in (q, k, v, log_decay) + ((beta,) if beta is not None else ())
+                         + ((h0,) if h0 is not None else ())))
+    out_dtype = v.dtype
+
+    # Internal layout: [N, T, ...] with N = prod(batch) * heads flattened, in `dtype`.
+    n_b = int(np.prod(batch_shape)) if batch_shape else 1
+    N = n_b * H
+
+    def flat(x, trailing: int):
+        """[*batch, T, H, *rest] (or time-major) -> [N, T, *rest]."""
+        x = x.astype(dtype)
+        if time_major:
+            x = jnp.moveaxis(x, 0, len(batch_shape))
+        x = x.reshape((n_b, T, H) + tuple(x.shape[x.ndim - trailing:]))
+        x = jnp.moveaxis(x, 2, 1)
+        return x.reshape((N, T) + tuple(x.shape[3:]))
+
+    qf, kf, vf = flat(q, 1) * jnp.asarray(scale, dtype), flat(k, 1), flat(v, 1)
+    gf = flat(log_decay, 1) if per_channel else flat(log_decay, 0)[..., None]  # [N, T, 1 or d_k]
+    bf = None if beta is None else flat(beta, 0)  # [N, T]
+    S0 = jnp.zeros((N, d_k, d_v), dtype) if h0 is None else h0.astype(dtype).reshape((N, d_k, d_v))
+
+    def per_head(x):  # [*batch, T] (time-major: [T, *batch]) -> [N, T]
+        x = x.reshape((T, n_b)).T if time_major or not batch_shape else x.reshape((n_b, T))
+        return jnp.repeat(x, H, axis=0)
+
+    valid = None
+    if lengths is not None:
+        valid = jnp.repeat(jnp.arange(T)[None, :] < lengths.reshape((n_b, 1)), H, axis=0)  # [N, T]
+    rs = None
+    if resets_T is not None:
+        rs = per_head(jnp.moveaxis(resets_T, 0, -1) if not time_major else resets_T)
+        if valid is not None:
+            rs = rs & valid
+    if valid is not None:  # frozen past the length: a unit decay and no write
+        gf = jnp.where(valid[..., None], gf, 0.0)
+        kf = jnp.where(valid[..., None], kf, 0.0)
+        vf = jnp.where(valid[..., None], vf, 0.0)
+        if bf is not None:
+            bf = jnp.where(valid, bf, 0.0)
+
+    if T == 0:
+        S, o = S0, jnp.zeros((N, 0, d_v), dtype)
+    elif mode == "sequential":
+        S, o = _sequential(qf, kf, vf, gf, bf, rs, S0)
+    else:
+        S, o = _chunked(qf, kf, vf, gf, bf, rs, S0, min(int(chunk_size), T))
+    if valid is not None:
+        o = jnp.where(valid[..., None], o, 0.0)
+
+    S = S.reshape(state_shape)
+    o = jnp.moveaxis(o.reshape((n_b, H, T, d_v)), 1, 2)  # [n_b, T, H, d_v]
+    if time_major:
+        o = jnp.moveaxis(o, 1, 0).reshape((T,) + batch_shape + (H, d_v))
+    else:
+        o = o.reshape(batch_shape + (T, H, d_v))
+    return S, o.astype(out_dtype)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_float(x, name: str) -> Array:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        try:
+            x = jnp.asarray(x)
+        except TypeError:
+            raise TypeError(f"`{name}` must be an array; got {type(x).__name__}.") from None
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array; got dtype {x.dtype}.")
+    return jnp.asarray(x)
+
+
+def _check_resets(resets, batch_shape: tuple, T: int, time_major: bool) -> Optional[Array]:
+    """``resets`` as bool ``[T, *batch]``."""
+    if resets is None:
+        return None
+    if not hasattr(resets, "dtype"):
+        resets = np.asarray(resets)
+    if resets.dtype != jnp.bool_:
+        raise TypeError(f"`resets` must be a bool array; got dtype {resets.dtype}.")
+    want = (T,) + batch_shape if time_major else batch_shape + (T,)
+    if tuple(resets.shape) != want:
+        layout = "[T, *batch]" if time_major else "[*batch, T]"
+        raise ValueError(f"`resets` must have shape {layout} = {list(want)}; got {tuple(resets.shape)}.")
+    resets = jnp.asarray(resets)
+    return resets if time_major else jnp.moveaxis(resets, -1, 0)
+
+
+# --------------------------------------------------------------------------- sequential
+
+
+def _sequential(q, k, v, g, beta, resets, S0):
+    """A scan of the step; inputs ``[N, T, ...]`` (internal layout), returns ``(S, o [N, T, d_v])``."""
+    delta = beta is not None
+    xs = (jnp.moveaxis(q, 1, 0), jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0), jnp.moveaxis(g, 1, 0),
+          None if beta is None else beta.T, None if resets is None else resets.T)
+
+    def body(S, x):
+        q_t, k_t, v_t, g_t, b_t, r_t = x
+        if r_t is not None:
+            S = jnp.where(r_t[:, None, None], 0.0, S)
+        S = jnp.exp(g_t)[:, :, None] * S  # rows (key channels) decay; [N, 1 or d_k, 1]
+        if delta:
+            kS = jnp.einsum("nk,nkv->nv", k_t, S)
+            S = S + b_t[:, None, None] * k_t[:, :, None] * (v_t - kS)[:, None, :]
+        else:
+            S = S + k_t[:, :, None] * v_t[:, None, :]
+        return S, jnp.einsum("nk,nkv->nv", q_t, S)
+
+    S, o = jax.lax.scan(body, S0, xs)
+    return S, jnp.moveaxis(o, 0, 1)
+
+
+# --------------------------------------------------------------------------- chunked
+
+
+def _chunked(q, k, v, g, beta, resets, S0, K: int):
+    """The chunkwise form (module docstring); inputs ``[N, T, ...]``."""
+    N, T, d_k = k.shape
+    n_c = -(-T // K)
+    pad = n_c * K - T
+    delta = beta is not None
+    if beta is None:
+        beta = jnp.zeros((N, T), k.dtype)
+    seg_in = jnp.zeros((N, T), jnp.int32) if resets is None else resets.astype(jnp.int32)
+    if pad:  # identity steps at the end: no decay, no write
+        def p(x):
+            return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        q, k, v, g, beta, seg_in = p(q), p(k), p(v), p(g), p(beta), p(seg_in)
+
+    def c(x):
+        return x.reshape((N, n_c, K) + x.shape[2:])
+
+    q, k, v, g, beta, seg_in = c(q), c(k), c(v), c(g), c(beta), c(seg_in)
+    seg = jnp.cumsum(seg_in, axis=2)  # segment number of each step inside its chunk
+    static = (delta, K)
+    S, o = _chunked_core(static, q, k, v, g, beta, seg, S0)
+    return S, o.reshape((N, n_c * K, -1))[:, :T]
+
+
+def _sub_chunk(K: int) -> int:
+    """The largest divisor of ``K`` that is at most :data:`_SUB_CHUNK`."""
+    return max(d for d in range(1, min(K, _SUB_CHUNK) + 1) if K % d == 0)
+
+
+def _pair(x, y, gc, same, strict: bool):
+    """``M[t, j] = Σ_c x_tc y_jc exp(gc_tc - gc_jc)`` for ``j <= t`` (``j < t`` when
+    ``strict``) in the same segment, 0 elsewhere; ``[..., K, d] -> [..., K, K]``.
+    ``gc`` is ``[..., K, 1]`` (scalar decay) or ``[..., K, d]``; ``same`` ``[..., K, K]`` bool."""
+    K = x.shape[-2]
+    t = jnp.arange(K)
+    causal = (t[:, None] > t[None, :]) if strict else (t[:, None] >= t[None, :])
+    mask = causal & same
+    if gc.shape[-1] == 1:
+        diff = gc[..., :, 0][..., :, None] - gc[..., :, 0][..., None, :]
+        decay = jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
+        return jnp.einsum("...tc,...jc->...tj", x, y) * decay
+    # One decay per channel: sub-chunks of `s` steps (module docstring).
+    s = _sub_chunk(K)
+    n_s = K // s
+    lead = x.shape[:-2]
+    d = x.shape[-1]
+    xs_, gs_ = x.reshape(lead + (n_s, s, d)), gc.reshape(lead + (n_s, s, d))
+    # Within a sub-chunk: pairwise, [.., n_s, s, s, d].
+    ts = jnp.arange(s)
+    tri = (ts[:, None] > ts[None, :]) if strict else (ts[:, None] >= ts[None, :])
+    diff = gs_[..., :, None, :] - gs_[..., None, :, :]
+    diag = jnp.einsum("...tc,...jc,...tjc->...tj", xs_, y.reshape(lead + (n_s, s, d)),
+                      jnp.exp(jnp.where(tri[:, :, None], diff, 0.0)))
+    diag = jnp.where(tri, diag, 0.0)
+    # Across sub-chunks: both factors scaled to the boundary r_a before sub-chunk a.
+    ref = jnp.concatenate([jnp.zeros_like(gs_[..., :1, -1, :]), gs_[..., :-1, -1, :]], axis=-2)  # [.., n_s, d]
+    x_r = xs_ * jnp.exp(gs_ - ref[..., None, :])                               # [.., n_s, s, d]
+    before = t[None, :] < (jnp.arange(n_s) * s)[:, None]                        # [n_s, K]: j before sub-chunk a
+    e = jnp.where(before[..., None], ref[..., :, None, :] - gc[..., None, :, :], 0.0)  # [.., n_s, K, d]
+    y_r = jnp.where(before[..., None], y[..., None, :, :] * jnp.exp(e), 0.0)
+    inter = jnp.einsum("...atc,...ajc->...atj", x_r, y_r).reshape(lead + (K, K))
+    block = jnp.arange(K) // s
+    diag_full = jnp.where(block[:, None] == block[None, :],
+                          _blockdiag(diag, lead, n_s, s), 0.0)
+    M = jnp.where(block[:, None] == block[None, :], diag_full, inter)
+    return jnp.where(mask, M, 0.0)
+
+
+def _blockdiag(diag, lead, n_s: int, s: int):
+    """``[.., n_s, s, s]`` blocks -> ``[.., K, K]`` with them on the diagonal (0 elsewhere)."""
+    eye = jnp.eye(n_s, dtype=diag.dtype)
+    full = diag[..., :, :, None, :] * eye[:, None, :, None]  # [.., n_s, s, n_s, s]
+    return full.reshape(lead + (n_s * s, n_s * s))
+
+
+def _prep(static, q, k, v, g, beta, seg):
+    """Everything the chunks need that does not depend on the state entering them, all
+    chunks at once. Shapes ``[N, n_c, K, ...]``."""
+    delta, K = static
+    gc = jnp.cumsum(g, axis=2)                                # [N, n_c, K, 1 or d_k]
+    same = seg[..., :, None] == seg[..., None, :]             # [N, n_c, K, K]
+    first = (seg == 0)[..., None]                             # no reset before t in the chunk
+    last = seg[..., -1:]
+    to_end = (seg == last)[..., None]
+    g_last = gc[..., -1:, :]
+    k_end = jnp.where(to_end, k * jnp.exp(jnp.where(to_end, g_last - gc, 0.0)), 0.0)   # k_j Γ_C/Γ_j
+    gamma_end = jnp.where(last == 0, 1.0, 0.0)[..., None] * jnp.exp(g_last)            # [.., 1, 1|d_k]
+    gamma_end = gamma_end[..., 0, :]                                                    # [N, n_c, 1|d_k]
+    q_g = jnp.where(first, q * jnp.exp(gc), 0.0)                                        # Γ_t q_t
+    A_qk = _pair(q, k, gc, same, strict=False)
+    if delta:
+        b = beta[..., None]
+        k_g = jnp.where(first, k * jnp.exp(gc), 0.0)
+        L = jnp.eye(K, dtype=k.dtype) + b * _pair(k, k, gc, same, strict=True)
+        rhs = jnp.concatenate([b * v, b * k_g], axis=-1)
+        sol = jax.scipy.linalg.solve_triangular(L, rhs, lower=True, unit_diagonal=True)
+        u, w = sol[..., :v.shape[-1]], sol[..., v.shape[-1]:]
+    else:
+        u, w = v, None
+    return dict(u=u, w=w, k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
+
+
+def _chunk_step(X, S):
+    """The state after a chunk from the state entering it: ``S`` ``[N, d_k, d_v]``; ``X`` one
+    chunk's slice of :func:`_prep`'s output."""
+    U = X["u"] if X["w"] is None else X["u"] - jnp.einsum("nkc,ncv->nkv", X["w"], S)
+    return X["gamma_end"][..., :, None] * S + jnp.einsum("nkc,nkv->ncv", X["k_end"], U)
+
+
+def _states(X, S0):
+    """The state entering every chunk ``[N, n_c, d_k, d_v]`` and the final state."""
+    Xc = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), X)
+
+    def body(S, x):
+        return _chunk_step(x, S), S
+
+    S, S_in = jax.lax.scan(body, S0, Xc)
+    return jnp.moveaxis(S_in, 0, 1), S
+
+
+def _outputs(X, S_in):
+    """Outputs of all chunks at once, ``[N, n_c, K, d_v]``."""
+    U = X["u"] if X["w"] is None else X["u"] - jnp.einsum("nctk,nckv->nctv", X["w"], S_in)
+    return jnp.einsum("nctk,nckv->nctv", X["q_g"], S_in) + jnp.einsum("nctj,ncjv->nctv", X["A_qk"], U)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked_core(static, q, k, v, g, beta, seg, S0):
+    X = _prep(static, q, k, v, g, beta, seg)
+    S_in, S = _states(X, S0)
+    return S, _outputs(X, S_in)
+
+
+def _chunked_fwd(static, q, k, v, g, beta, seg, S0):
+    X = _prep(static, q, k, v, g, beta, seg)
+    S_in, S = _states(X, S0)
+    return (S, _outputs(X, S_in)), (q, k, v, g, beta, seg, S_in)
+
+
+def _chunked_bwd(static, res, cts):
+    q, k, v, g, beta, seg, S_in = res
+    dS, do = cts
+    X, prep_vjp = jax.vjp(lambda *a: _prep(static, *a, seg), q, k, v, g, beta)
+    _, out_vjp = jax.vjp(_outputs, X, S_in)
+    dX_out, dS_in = out_vjp(do)
+    Xc = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), X)
+
+    def body(dS_next, x):  # backwards over chunks
+        X_c, S_c, dS_in_c = x
+        _, vjp = jax.vjp(_chunk_step, X_c, S_c)
+        dX_c, dS_c = vjp(dS_next)
+        return dS_c + dS_in_c, dX_c
+
+    dS0, dX_scan = jax.lax.scan(body, dS, (Xc, jnp.moveaxis(S_in, 1, 0), jnp.moveaxis(dS_in, 1, 0)),
+                                reverse=True)
+    dX_scan = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), dX_scan)
+    dX = jax.tree.map(lambda a, b: a + b, dX_out, dX_scan)
+    dq, dk, dv, dg, dbeta = prep_vjp(dX)
+    return dq, dk, dv, dg, dbeta, None, dS0
+
+
+_chunked_core.defvjp(_chunked_fwd, _chunked_bwd)
