@@ -21,9 +21,11 @@ again at every step, which XLA:CPU does not hoist by itself (a GRU written so to
 time, fwd+bwd, B1 T1000 H128). The same split applies to a cell's ``update`` (with the
 projected input as ``x``).
 
-The jaxpr is read with a small, stable part of JAX's internals (equations' primitives,
-params and variables; ``Primitive.bind``), the same that ``jax.core.eval_jaxpr`` uses;
-``tests/test_hoist.py`` fails if hoisting silently stops.
+The jaxpr is read with a small part of JAX's internals (equations' primitives, params,
+variables and effects; ``Primitive.bind``), the same that ``jax.core.eval_jaxpr`` uses. What
+differs between JAX versions (binding an equation again, literals, dropped variables) lives in
+:mod:`jaxrnn._compat`, and ``tests/test_hoist.py``, run on the lowest and the newest supported
+jax, fails if hoisting silently stops or changes a result.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 
-try:  # jax >= 0.4.3x
-    from jax.extend.core import Literal as _Literal
-except ImportError:  # pragma: no cover
-    from jax.core import Literal as _Literal
+from jaxrnn._compat import bind_equation as _bind
+from jaxrnn._compat import is_drop as _is_drop
+from jaxrnn._compat import is_literal as _is_literal
 
 #: Primitives whose presence in the x-only part makes hoisting worth it.
 _HEAVY = frozenset({"dot_general", "conv_general_dilated"})
@@ -64,34 +65,13 @@ class Split(NamedTuple):
     weight_grads: Optional[Callable] = None
 
 
-def _is_literal(v) -> bool:
-    return isinstance(v, _Literal)
-
-
-def _is_drop(v) -> bool:
-    return type(v).__name__ == "DropVar"
-
-
-def _bind(eqn, invals):
-    bind_params = eqn.primitive.get_bind_params(eqn.params)
-    subfuns = ()
-    if isinstance(bind_params, tuple):  # jax < 0.7: (subfuns, params)
-        subfuns, bind_params = bind_params
-    return eqn.primitive.bind(*subfuns, *invals, **bind_params)
-
-
 def _eval(eqns, env, probes=None):
     """Evaluates ``eqns`` in order, reading and writing ``env`` (as ``jax.core.eval_jaxpr``).
     ``probes`` maps an equation to ``(e, operand position, outputs list)``: its result gets
     ``e`` added and its other operand is appended to the list."""
     for eqn in eqns:
         invals = [v.val if _is_literal(v) else env[v] for v in eqn.invars]
-        ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-        if ctx is None:
-            outs = _bind(eqn, invals)
-        else:
-            with ctx:
-                outs = _bind(eqn, invals)
+        outs = _bind(eqn, invals)
         if probes is not None and id(eqn) in probes:
             e, pos, seen = probes[id(eqn)]
             outs = outs + e

@@ -11,6 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
+from _compat import enable_x64
 
 H, I = 5, 3
 
@@ -93,7 +94,7 @@ def test_differs_from_torch_gru():
 
 
 def test_gradients_float64():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = gru_original(3)
         p = random_params(3, 2, seed=8, dtype=np.float64)
         h = jnp.asarray(np.random.default_rng(9).standard_normal((2, 3)))

@@ -7,6 +7,7 @@ import pytest
 
 import jaxrnn
 from jaxrnn.reference import python_stack, python_unroll
+from _compat import enable_x64
 
 T, I = 6, 3
 
@@ -87,7 +88,7 @@ def test_mixed_bidirectional_stack_float64(build, normal):
     outputs, states and gradients equal the Python loop's to 1e-12, and h=None gives
     float64 zero states."""
     net = jaxrnn.stack(MIXED, bidirectional=True, head=3)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, h0, xs = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), build(net, (3,)))
         lengths = jnp.array([T, 0, 2])
         w_ys = jnp.asarray(normal((3, T, net.output_size), seed=6), jnp.float64)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxrnn.linear import MODES, auto_mode, linear_scan
+from _compat import enable_x64
 
 VALUE_TOL = 1e-5   # float32 against float64, relative
 GRAD_TOL = 1e-4
@@ -128,7 +129,7 @@ def _value_and_grads(mode, reverse, chunk_size, cplx):
 
 def _reference_grads(p, reverse, cplx, w, v):
     """float64 values and autodiff gradients of the same loss from :func:`jax_reference`."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         def loss(a, b, h0, r):
             if cplx:
                 a, b, h0, r = (x[0] + 1j * x[1] for x in (a, b, h0, r))
@@ -262,7 +263,7 @@ def test_bf16_accumulates_in_float32(mode):
 
 
 def test_float64_kept_under_x64():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         p = make_problem((2,), 64, 3, seed=6)
         run = jax.jit(lambda a, b, h0, n: [linear_scan(a, b, h0, seq_lengths=n, mode=m, chunk_size=10) for m in MODES])
         for h, hs in run(jnp.asarray(p["a"]), jnp.asarray(p["b"]), jnp.asarray(p["h0"]), jnp.asarray(p["lengths"])):

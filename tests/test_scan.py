@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 
 import jaxrnn
 from jaxrnn.reference import python_unroll
+from _compat import enable_x64
 
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj")
 T, I, H = 5, 3, 4
@@ -211,7 +212,7 @@ def test_float64_matches_python_loop(name, inputs, normal):
     float32): outputs, final state and every gradient of the fused paths (custom VJP, the
     CPU's in-place buffer, batch-major, column blocks) equal the Python loop's to 1e-12,
     ~10^7 times tighter than float32 allows: the custom VJP is the exact gradient."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell, params, h0, xs = inputs(name, (4,))
         params, h0, xs = _float64((params, h0, xs))
         lengths = jnp.array([T, 0, 2, 1])
@@ -244,7 +245,7 @@ def test_float64_column_blocks(name, monkeypatch, inputs):
     from jaxrnn import tuning
 
     monkeypatch.setattr(tuning, "_cpu_cores", lambda: 2)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell, params, h0, xs = inputs(name, (3,), H=5)
         params, h0, xs = _float64((params, h0, xs))
         monkeypatch.setattr(tuning, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)
@@ -261,7 +262,7 @@ def test_float64_column_blocks(name, monkeypatch, inputs):
 def test_check_grads_float64(name, inputs):
     """Numerical gradients in float64, at check_grads' float64 defaults (eps 1e-4,
     tolerances 1e-5): the fused custom VJP with ragged lengths, reversed."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell, params, h0, xs = inputs(name, (2,), T=3, I=2, H=3)
         params, h0, xs = _float64((params, h0, xs))
         lengths = jnp.array([3, 2])

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import jaxrnn
+from _compat import enable_x64
 
 HERE = Path(__file__).parent
 # float32, matrix products at "highest" precision (see conftest.py): the issue's bound, 1e-5
@@ -224,7 +225,7 @@ def test_torch_grid_float64(index):
     module = maker.build_module(config, seed=index).double()
     inputs = maker.as_float64(maker.random_inputs(config, seed=index))
     expected = maker.torch_run(module, inputs, dtype=np.float64)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         tnet, params = jaxrnn.from_torch(module)  # a double module: float64 params
         assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
         result, g_params = jax_run(tnet, params, inputs)
@@ -290,7 +291,7 @@ def test_torch_float64_round_trip(key):
     without x64, a double module comes back float32."""
     torch = pytest.importorskip("torch")
     net = jaxrnn.stack(jaxrnn.gru(4), num_layers=2)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), net.init(key, 3))
         module = jaxrnn.to_torch(net, params)
         assert module.weight_ih_l0.dtype == torch.float64

@@ -21,6 +21,7 @@ from jaxrnn.cells import LSTMState
 from jaxrnn.zoo.convlstm import ConvLSTMParams, conv_lstm
 from jaxrnn.zoo.layernorm import LayerNormGRUParams, LayerNormLSTMParams, layernorm_gru, layernorm_lstm
 from jaxrnn.zoo.peephole import PeepholeLSTMParams, peephole_lstm
+from _compat import enable_x64
 
 H, I = 3, 2                    # hidden and input size of the vector cells
 SPATIAL, KERNEL = (4, 3), (3, 2)   # ConvLSTM frames (height, width) and an uneven kernel
@@ -172,7 +173,7 @@ def np_state(name, state):
 def test_step_matches_numpy_float64(name, batch_shape):
     """Four steps in float64 against the numpy loop to 1e-12: without batch dimensions from
     ``h=None`` (the zero state), with two from a random state."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = make(name)
         p = random_params(cell, dtype=np.float64)
         xs = random_inputs(name, (4,) + batch_shape, dtype=np.float64)
@@ -236,7 +237,7 @@ def test_layernorm_lstm_matches_torch_custom_lstms():
             hy = outgate * torch.tanh(cy)
             return hy, (hy, cy)
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = layernorm_lstm(H)
         p = random_params(cell, seed=4, dtype=np.float64)
         module = TorchLayerNormLSTMCell(I, H).double()
@@ -274,7 +275,7 @@ def test_convlstm_matches_flax():
     three frames from a random state, against ``step`` with converted weights."""
     import flax.linen as nn
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         module = nn.ConvLSTMCell(features=H, kernel_size=KERNEL, param_dtype=jnp.float64)
         xs = random_inputs("convlstm", (3, 2), dtype=np.float64)
         h = random_state("convlstm", (2,), dtype=np.float64)
@@ -344,7 +345,7 @@ def test_project_update_is_step(name):
 def test_check_grads_float64(name):
     """Numerical against reverse-mode gradients of two steps in float64, with respect to
     params, state and inputs."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = make(name)
         p = random_params(cell, seed=9, dtype=np.float64)
         h = random_state(name, (2,), seed=10, dtype=np.float64)
@@ -547,7 +548,7 @@ def test_unroll_gradients_match_loop(name):
     those of the Python loop's, in float64."""
     import jaxrnn
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = make(name)
         p = random_params(cell, seed=15, dtype=np.float64)
         xs = random_inputs(name, (2, 4), seed=16, dtype=np.float64)

@@ -12,6 +12,7 @@ import pytest
 
 from jaxrnn.zoo.lru import LRUState, lru
 from jaxrnn.zoo.mingru import g, log_g, min_gru, min_lstm
+from _compat import enable_x64
 
 T, BATCH, I = 37, (2, 3), 5
 
@@ -136,7 +137,7 @@ def test_parallel_equals_step_loop(name, mode, reverse):
 
 def test_min_gru_step_equations_float64():
     """minGRU and minLSTM ``step`` in float64 against the paper's equations in numpy."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         rng = np.random.default_rng(3)
         x = rng.standard_normal((3, I))
         h = rng.standard_normal((3, 4))
@@ -163,7 +164,7 @@ def test_min_gru_step_equations_float64():
 
 def test_lru_step_equations_float64():
     """LRU ``step`` in float64 against numpy's complex arithmetic, and the ring initialisation."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = lru(6, 10, r_min=0.4, r_max=0.9, max_phase=1.5)
         p = cell.init(jax.random.key(0), 6, dtype=jnp.float64)
         lam = np.exp(-np.exp(np.asarray(p.nu_log)) + 1j * np.exp(np.asarray(p.theta_log)))
@@ -205,7 +206,7 @@ def test_log_space_precision_chunked_vs_whole():
                                  cell.parallel_unroll(p, h0, xs, mode="chunked", chunk_size=64)[1],
                                  cell.parallel_unroll(p, h0, xs, mode="associative")[1]))
     ref, chunked, whole = run(params, xs)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
         ref64 = direct.parallel_unroll(p64, jnp.zeros((4, 8), jnp.float64), jnp.asarray(xs, jnp.float64),
                                        mode="sequential")[1]
