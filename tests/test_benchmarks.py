@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark scripts' smoke runs: outside the fast lane (`pytest -m "not slow"`)
+
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

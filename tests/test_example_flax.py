@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # an example script's smoke run: outside the fast lane (`pytest -m "not slow"`)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -11,6 +11,8 @@ import pytest
 
 import jaxrnn
 
+pytestmark = pytest.mark.slow  # the example scripts' smoke runs: outside the fast lane (`pytest -m "not slow"`)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

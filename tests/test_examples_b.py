@@ -18,6 +18,8 @@ import pytest
 
 import jaxrnn
 
+pytestmark = pytest.mark.slow  # the example scripts' smoke runs: outside the fast lane (`pytest -m "not slow"`)
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # the peers benchmark's smoke run: outside the fast lane (`pytest -m "not slow"`)
+
 torch = pytest.importorskip("torch", reason="benchmarks/peers.py compares against torch")
 pytest.importorskip("flax", reason="benchmarks/peers.py compares against flax")
 
