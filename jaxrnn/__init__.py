@@ -91,3 +91,20 @@ __all__ = [
     "unroll",
     "zoo",
 ]
+
+
+#: Submodules imported on first use: ``jaxrnn.nnx`` and ``jaxrnn.linen`` import flax (so that
+#: ``import jaxrnn`` imports no flax, torch or keras).
+_LAZY_SUBMODULES = ("linen", "nnx")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"jaxrnn.{name}")
+    raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
