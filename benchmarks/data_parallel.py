@@ -2,8 +2,8 @@
 
 The step is the one a user writes (``jaxrnn.train.make_train_step``: value and grad of a
 masked mean loss over a ragged batch, an Adam update), jitted once per device count;
-params and optimizer state are replicated with :func:`jaxrnn.parallel.replicate` and the
-batch is sharded over the devices with :func:`jaxrnn.parallel.shard_batch`. The compiler
+params and optimizer state are replicated with :func:`jaxrnn.distributed.replicate` and the
+batch is sharded over the devices with :func:`jaxrnn.distributed.shard_batch`. The compiler
 inserts the gradient all-reduce. The batch is put on the devices once, before timing, so
 the figures measure compute and communication, not host-to-device copies.
 
@@ -54,7 +54,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import device_info, print_table, write_json  # noqa: E402
 
 import jaxrnn  # noqa: E402
-from jaxrnn import parallel, train  # noqa: E402
+from jaxrnn import distributed, train  # noqa: E402
 
 
 def make_batch(key, batch_size, T, input_size, num_classes):
@@ -76,13 +76,13 @@ def make_loss(net):
 
 
 def bench(n, args, net, params, tx):
-    mesh = parallel.data_mesh(jax.devices()[:n])
+    mesh = distributed.data_mesh(jax.devices()[:n])
     batch_size = args.batch * n if args.scaling == "weak" else args.batch
     if batch_size % n:
         return {"devices": n, "note": f"global batch {batch_size} does not divide by {n}"}
     batch = make_batch(jax.random.key(1), batch_size, args.seq_len, args.input_size, args.classes)
-    batch = parallel.shard_batch(batch, mesh)
-    state = parallel.replicate(train.TrainState.create(params, tx), mesh)
+    batch = distributed.shard_batch(batch, mesh)
+    state = distributed.replicate(train.TrainState.create(params, tx), mesh)
     step = train.make_train_step(make_loss(net), tx, mesh=mesh)
 
     t0 = time.perf_counter()

@@ -17,10 +17,12 @@ The public surface, small on purpose:
   ConvLSTM, minGRU/minLSTM, LRU); ``linear_scan`` and ``Newton``/``newton_unroll`` --
   evaluation in parallel over time;
 * ``jaxrnn.train`` -- optax train state, steps, fit loop, losses, checkpoints, sampling;
-* ``jaxrnn.parallel`` -- data parallelism over a ``jax.sharding.Mesh``.
+* ``jaxrnn.distributed`` -- data parallelism over a ``jax.sharding.Mesh`` (``jaxrnn.parallel``,
+  its old name, still imports, with a ``DeprecationWarning``).
 """
 
-from jaxrnn import parallel, train, zoo
+from jaxrnn import distributed, train, zoo
+from jaxrnn import rl
 from jaxrnn.cells import (Cell, GRUCell, GRUParams, LSTMCell, LSTMParams, LSTMState, RNNCell, RNNParams, gru,
                           lstm, rnn)
 from jaxrnn.contract import FunctionCell, RecurrentCell
@@ -65,6 +67,7 @@ __all__ = [
     "TorchRNN",
     "TrainState",
     "default_unroll",
+    "distributed",
     "fit",
     "from_flax",
     "from_keras",
@@ -77,8 +80,8 @@ __all__ = [
     "make_train_step",
     "matrix_scan",
     "newton_unroll",
-    "parallel",
     "restore_checkpoint",
+    "rl",
     "rnn",
     "save_checkpoint",
     "stack",
@@ -94,11 +97,12 @@ __all__ = [
 
 
 #: Submodules imported on first use: ``jaxrnn.nnx`` and ``jaxrnn.linen`` import flax (so that
-#: ``import jaxrnn`` imports no flax, torch or keras).
-_LAZY_SUBMODULES = ("linen", "nnx")
+#: ``import jaxrnn`` imports no flax, torch or keras), ``jaxrnn.parallel`` warns.
+_LAZY_SUBMODULES = ("linen", "nnx", "parallel")
 
 
 def __getattr__(name):
+    # `jaxrnn.parallel`, the deprecated name of `jaxrnn.distributed`, is imported (and warns) on first use only.
     if name in _LAZY_SUBMODULES:
         import importlib
 
