@@ -11,8 +11,18 @@ from jaxrnn.zoo.convlstm import ConvLSTMCell, ConvLSTMParams, conv_lstm
 from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
 from jaxrnn.zoo.mingru import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
 from jaxrnn.zoo.lru import LRUCell, LRUParams, LRUState, lru
+from jaxrnn.zoo.mamba2 import Mamba2Cell, Mamba2Params, Mamba2State, mamba2
+from jaxrnn.zoo.mlstm import MLSTMCell, MLSTMParams, MLSTMState, mlstm
 
 __all__ = [
+    "MLSTMCell",
+    "MLSTMParams",
+    "MLSTMState",
+    "Mamba2Cell",
+    "Mamba2Params",
+    "Mamba2State",
+    "mamba2",
+    "mlstm",
     "ConvLSTMCell",
     "ConvLSTMParams",
     "LRUCell",
