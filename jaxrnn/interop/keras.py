@@ -67,6 +67,7 @@ fine. A Dense without a bias gets a zero bias (``to_keras`` then makes one with
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -80,7 +81,8 @@ from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_orig
 
 Array = jax.Array
 
-__all__ = ["KerasRNN", "KerasLayer", "KerasBidirectional", "KerasParams", "from_keras", "to_keras"]
+__all__ = ["KerasRNN", "KerasLayer", "KerasBidirectional", "KerasParams", "KerasGraph", "KerasNode", "KerasInput",
+           "KerasEmbedding", "KerasMasking", "KerasDropout", "KerasDense", "from_keras", "to_keras"]
 
 _ACTIVATIONS = {
     "linear": lambda x: x,
@@ -246,16 +248,8 @@ class KerasRNN:
         states = self._check_state(h)
         new_states = []
         for spec, p, s in zip(self.layers, params.layers, states):
-            if isinstance(spec, KerasBidirectional):
-                hf, y = _run(spec.forward, p.forward, None if s is None else s[0], x, m)
-                hb, y_rev = _run(spec.backward, p.backward, None if s is None else s[1], x, m)
-                if spec.return_sequences:
-                    y_rev = jnp.flip(y_rev, axis=1)
-                x = _merge(spec.merge_mode, y, y_rev)
-                new_states.append(Bidirectional(hf, hb))
-            else:
-                hs, x = _run(spec, p, s, x, m)
-                new_states.append(hs)
+            hs, x = _run_layer(spec, p, s, x, m)
+            new_states.append(hs)
         if self.head is not None:
             x = _ACTIVATIONS[self.head[1]](dense(params.head, x))
         return tuple(new_states), x
@@ -349,6 +343,17 @@ def _run(spec: KerasLayer, params, h0, x: Array, m: Optional[Array]):
     if spec.go_backwards:
         ys = jnp.flip(ys, axis=1)
     return h, (ys if spec.return_sequences else ys[:, -1])
+
+
+def _run_layer(spec, params, h0, x: Array, m: Optional[Array]):
+    """A :class:`KerasLayer` or :class:`KerasBidirectional` over ``x``: ``(state, output)``."""
+    if isinstance(spec, KerasBidirectional):
+        hf, y = _run(spec.forward, params.forward, None if h0 is None else h0[0], x, m)
+        hb, y_rev = _run(spec.backward, params.backward, None if h0 is None else h0[1], x, m)
+        if spec.return_sequences:
+            y_rev = jnp.flip(y_rev, axis=1)
+        return Bidirectional(hf, hb), _merge(spec.merge_mode, y, y_rev)
+    return _run(spec, params, h0, x, m)
 
 
 def _merge(mode: str, y: Array, y_rev: Array) -> Array:
@@ -478,6 +483,27 @@ def _no_extras(layer, n_weights: int):
                          f"{len(layer.get_weights())}.")
 
 
+def _convert_dense(keras, layer, what: str):
+    """A built Dense layer -> ``(KerasDense, DenseParams)`` (a zero bias without ``use_bias``)."""
+    _no_extras(layer, 2 if layer.use_bias else 1)
+    _check_float32(layer)
+    act = _activation_name(keras, layer.activation)
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"{what}: `activation` must be one of {sorted(_ACTIVATIONS)}; got "
+                         f"{act or layer.activation!r}.")
+    w = _np(layer.kernel)
+    b = _np(layer.bias) if layer.use_bias else np.zeros((w.shape[1],), np.float32)
+    return KerasDense(int(layer.units), act), DenseParams(jnp.asarray(np.ascontiguousarray(w.T)), jnp.asarray(b))
+
+
+def _dropout_rate(layer) -> float:
+    """The dropout a layer applies in training (Dropout's rate; a recurrent layer's input dropout)."""
+    parts = [layer, getattr(layer, "forward_layer", None), getattr(layer, "backward_layer", None)]
+    rates = [getattr(layer, "rate", 0.0) or 0.0]
+    rates += [getattr(getattr(part, "cell", None), "dropout", 0.0) or 0.0 for part in parts]
+    return float(max(rates))
+
+
 def from_keras(layer_or_model):
     """Converts a Keras 3 recurrent layer or ``Sequential`` to ``(net, params)``.
 
@@ -503,8 +529,10 @@ def from_keras(layer_or_model):
                              "on an input first.")
         items = list(layer_or_model.layers)
     elif isinstance(layer_or_model, keras.Model):
-        raise TypeError(f"`layer_or_model` must be a keras.Sequential or a recurrent layer; got a "
-                        f"{type(layer_or_model).__name__} (functional models are not converted).")
+        if not hasattr(layer_or_model, "_nodes_by_depth"):
+            raise TypeError(f"`layer_or_model` must be a keras.Sequential, a functional keras.Model or a recurrent "
+                            f"layer; got a subclassed {type(layer_or_model).__name__} (it has no graph to read).")
+        return _from_functional(keras, layer_or_model)
     elif isinstance(layer_or_model, keras.layers.Layer):
         items = [layer_or_model]
     else:
@@ -543,16 +571,8 @@ def from_keras(layer_or_model):
         elif kind is keras.layers.Dense:
             if not specs:
                 raise ValueError(f"{what}: a Dense head must follow a recurrent layer.")
-            _no_extras(layer, 2 if layer.use_bias else 1)
-            _check_float32(layer)
-            act = _activation_name(keras, layer.activation)
-            if act not in _ACTIVATIONS:
-                raise ValueError(f"{what}: `activation` must be one of {sorted(_ACTIVATIONS)}; got "
-                                 f"{act or layer.activation!r}.")
-            head = (int(layer.units), act)
-            w = _np(layer.kernel)
-            b = _np(layer.bias) if layer.use_bias else np.zeros((w.shape[1],), np.float32)
-            head_params = DenseParams(jnp.asarray(np.ascontiguousarray(w.T)), jnp.asarray(b))
+            dense_spec, head_params = _convert_dense(keras, layer, what)
+            head = (dense_spec.units, dense_spec.activation)
         else:
             raise ValueError(f"{what} has no jaxrnn counterpart; supported: Embedding, Masking, SimpleRNN, GRU, "
                              "LSTM, Bidirectional, Dropout, Dense.")
@@ -567,10 +587,10 @@ def from_keras(layer_or_model):
 # --------------------------------------------------------------------------- to Keras
 
 
-def _keras_layer(keras, spec: KerasLayer):
+def _keras_layer(keras, spec: KerasLayer, **extra):
     cell = spec.cell
     common = dict(return_sequences=spec.return_sequences, go_backwards=spec.go_backwards,
-                  zero_output_for_mask=spec.zero_output_for_mask, unroll=spec.unroll)
+                  zero_output_for_mask=spec.zero_output_for_mask, unroll=spec.unroll, **extra)
     if isinstance(cell, OriginalGRUCell):
         return keras.layers.GRU(cell.hidden_size, use_bias=cell.bias, reset_after=False, **common)
     if not isinstance(cell, Cell):
@@ -649,6 +669,8 @@ def to_keras(net, params, *, time_steps: Optional[int] = None):
         ``compute_dtype`` other than float32, a custom cell).
     """
     keras = _import_keras()
+    if isinstance(net, KerasGraph):
+        return _graph_to_keras(keras, net, params)
     if not isinstance(net, KerasRNN):
         net, params = _from_jaxrnn(net, params)
     input_size = net.check_params(params)
@@ -683,4 +705,524 @@ def to_keras(net, params, *, time_steps: Optional[int] = None):
     if net.head is not None:
         model.layers[-1].kernel.assign(np.ascontiguousarray(np.asarray(params.head.w, np.float32).T))
         model.layers[-1].bias.assign(np.asarray(params.head.b, np.float32))
+    return model
+
+
+# --------------------------------------------------------------------------- functional models
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasInput:
+    """One ``keras.Input`` of a functional model.
+
+    Attributes:
+      name: the Input's name (the key when inputs are given as a dict).
+      shape: its shape without the batch axis, None for a free length, e.g. ``(None, 3)``.
+      dtype: its dtype name, e.g. ``"float32"``, ``"int32"``, ``"bool"``.
+    """
+
+    name: str
+    shape: tuple
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasEmbedding:
+    """Keras' ``Embedding``: ``x = table[ids]``; with ``mask_zero`` also ``mask = ids != 0``."""
+
+    input_dim: int
+    output_dim: int
+    mask_zero: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasMasking:
+    """Keras' ``Masking``: ``mask = any(x != mask_value, -1)``, ``x * mask``."""
+
+    mask_value: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasDropout:
+    """Keras' ``Dropout``: the identity at inference (``rate`` is kept for :func:`to_keras`)."""
+
+    rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasDense:
+    """Keras' ``Dense``: ``activation(x @ w.T + b)`` over the last axis (params: ``DenseParams``)."""
+
+    units: int
+    activation: str = "linear"
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasNode:
+    """One call of a layer in a :class:`KerasGraph`, reading and writing numbered values.
+
+    Values are numbered in order: the model's inputs ``0 .. n-1``, then the outputs of each
+    node in node order.
+
+    Attributes:
+      layer: the layer's name: its key in ``KerasGraph.layers`` and in the params dict. A
+        layer called twice (shared weights) has two nodes with the same name.
+      x: the value the layer is called on.
+      mask: the value passed to a recurrent layer as ``mask=`` (``[B, T]``, read as bool):
+        a boolean input, or the mask an ``Embedding(mask_zero=True)`` / ``Masking`` node
+        wrote (Keras passes it on implicitly); None for no mask.
+      initial_state: the values passed as ``initial_state=``, in Keras' flat order (``h``;
+        ``h, c`` for an LSTM; forward then backward for a ``Bidirectional``); ``()`` for none.
+      outputs: the values written: Keras' outputs in order (the output, then with
+        ``return_state=True`` the final states in the same flat order); an
+        ``Embedding(mask_zero=True)`` or a ``Masking`` node writes its mask second.
+    """
+
+    layer: str
+    x: int
+    mask: Optional[int] = None
+    initial_state: tuple = ()
+    outputs: tuple = ()
+
+
+def _is_recurrent_spec(spec) -> bool:
+    return isinstance(spec, (KerasLayer, KerasBidirectional))
+
+
+def _state_count(spec) -> int:
+    """How many arrays Keras uses for this layer's state (``initial_state=``, ``return_state``)."""
+    if isinstance(spec, KerasBidirectional):
+        return _state_count(spec.forward) + _state_count(spec.backward)
+    return 2 if isinstance(spec.cell, Cell) and spec.cell.kind == "lstm" else 1
+
+
+def _flat_state(state) -> list:
+    if isinstance(state, Bidirectional):
+        return _flat_state(state.forward) + _flat_state(state.backward)
+    if isinstance(state, LSTMState):
+        return [state.h, state.c]
+    return [state]
+
+
+def _state_from_flat(spec, arrays: list):
+    if isinstance(spec, KerasBidirectional):
+        n = _state_count(spec.forward)
+        return Bidirectional(_state_from_flat(spec.forward, arrays[:n]), _state_from_flat(spec.backward, arrays[n:]))
+    return LSTMState(*arrays) if len(arrays) == 2 else arrays[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasGraph:
+    """A Keras functional model as a jaxrnn network: ``(params, h, inputs) -> (h, outputs)``.
+
+    Made by :func:`from_keras` from a ``keras.Model(inputs, outputs)``; :func:`to_keras`
+    rebuilds the Keras model. The params are a dict ``{layer name: params}`` for the layers
+    with weights: a cell's params (SimpleRNN, GRU, LSTM), a :class:`jaxrnn.Bidirectional`
+    pair, the ``[V, D]`` table of an Embedding, :class:`jaxrnn.layers.DenseParams`.
+
+    The graph is a sequence of :class:`KerasNode` s over numbered values: each reads
+    values written before it, so running the nodes in order computes the model::
+
+        values = list(inputs)
+        for node in nodes:
+            values[node.outputs] = layer[node.layer](values[node.x],
+                                                     mask=values[node.mask],
+                                                     initial_state=values[node.initial_state])
+        return values[outputs]
+
+    Attributes:
+      inputs: one :class:`KerasInput` per model input, in ``model.inputs`` order.
+      layers: ``(name, spec)`` pairs, one per layer: a :class:`KerasLayer` /
+        :class:`KerasBidirectional` (recurrent), :class:`KerasEmbedding`,
+        :class:`KerasMasking`, :class:`KerasDropout` or :class:`KerasDense`.
+      nodes: the layer calls, in an order where every value is written before it is read.
+      outputs: the values the model returns.
+      output_keys: the keys when the model returns a dict; else None.
+      single_output: whether the model returns one array (else a list, or a dict).
+    """
+
+    inputs: tuple
+    layers: tuple
+    nodes: tuple
+    outputs: tuple
+    output_keys: Optional[tuple] = None
+    single_output: bool = True
+
+    @property
+    def recurrent_nodes(self) -> tuple:
+        """Indices into ``nodes`` of the recurrent layer calls: the entries of ``h``."""
+        specs = dict(self.layers)
+        return tuple(i for i, n in enumerate(self.nodes) if _is_recurrent_spec(specs[n.layer]))
+
+    def check_params(self, params, name: str = "params") -> None:
+        """Checks ``params`` (a dict ``{layer name: params}``) against the graph's layers."""
+        if not isinstance(params, dict):
+            raise TypeError(f"`{name}` must be a dict {{layer name: params}}; got {type(params).__name__}.")
+        want = {n for n, spec in self.layers if not isinstance(spec, (KerasMasking, KerasDropout))}
+        if set(params) != want:
+            raise ValueError(f"`{name}` must have the keys {sorted(want)}; got {sorted(map(str, params))}.")
+        for layer, spec in self.layers:
+            label, p = f"{name}[{layer!r}]", params.get(layer)
+            if isinstance(spec, KerasBidirectional):
+                if not isinstance(p, Bidirectional):
+                    raise TypeError(f"`{label}` must be Bidirectional(forward, backward); got {type(p).__name__}.")
+                sizes = {_check_cell_params(spec.forward.cell, p.forward, f"{label}.forward"),
+                         _check_cell_params(spec.backward.cell, p.backward, f"{label}.backward")}
+                if len(sizes) != 1:
+                    raise ValueError(f"`{label}`: forward and backward input sizes differ: {sorted(sizes)}.")
+            elif isinstance(spec, KerasLayer):
+                _check_cell_params(spec.cell, p, label)
+            elif isinstance(spec, KerasEmbedding):
+                got = getattr(p, "shape", None)
+                if got is None or tuple(got) != (spec.input_dim, spec.output_dim):
+                    raise ValueError(f"`{label}` must have shape [{spec.input_dim}, {spec.output_dim}]; got {got}.")
+            elif isinstance(spec, KerasDense):
+                if not isinstance(p, DenseParams):
+                    raise TypeError(f"`{label}` must be DenseParams; got {type(p).__name__}.")
+                w, b = getattr(p.w, "shape", ()), getattr(p.b, "shape", ())
+                if len(w) != 2 or w[0] != spec.units or tuple(b) != (spec.units,):
+                    raise ValueError(f"`{label}` must have w [{spec.units}, F] and b [{spec.units}]; got w "
+                                     f"{tuple(w)}, b {tuple(b)}.")
+
+    def _bind_inputs(self, inputs) -> list:
+        n = len(self.inputs)
+        if isinstance(inputs, dict):
+            names = [i.name for i in self.inputs]
+            if set(inputs) != set(names):
+                raise ValueError(f"`inputs` as a dict must have the keys {names} (the Inputs' names); got "
+                                 f"{sorted(map(str, inputs))}.")
+            inputs = [inputs[k] for k in names]
+        elif isinstance(inputs, (list, tuple)):
+            inputs = list(inputs)
+        elif n == 1:
+            inputs = [inputs]
+        else:
+            raise TypeError(f"`inputs` must be a list of {n} arrays in `model.inputs` order "
+                            f"({[i.name for i in self.inputs]}) or a dict by name; got {type(inputs).__name__}.")
+        if len(inputs) != n:
+            raise ValueError(f"`inputs` must hold {n} arrays ({[i.name for i in self.inputs]}); got {len(inputs)}.")
+        out = []
+        for spec, x in zip(self.inputs, inputs):
+            x = x if hasattr(x, "dtype") else np.asarray(x)
+            label = f"`inputs[{spec.name!r}]`"
+            shape = tuple(x.shape)
+            if len(shape) != len(spec.shape) + 1 or any(w is not None and w != g for w, g in zip(spec.shape, shape[1:])):
+                want = ", ".join(["B"] + ["?" if d is None else str(d) for d in spec.shape])
+                raise ValueError(f"{label} must have shape [{want}]; got {shape}.")
+            for kind, word in ((jnp.bool_, "bool"), (jnp.integer, "integer"), (jnp.floating, "floating-point")):
+                if jnp.issubdtype(jnp.dtype(spec.dtype), kind) and not jnp.issubdtype(x.dtype, kind):
+                    raise TypeError(f"{label} must be {word} (its keras.Input is {spec.dtype}); got {x.dtype}.")
+            out.append(jnp.asarray(x))
+        return out
+
+    def _check_state(self, h) -> tuple:
+        rec = self.recurrent_nodes
+        if h is None:
+            return (None,) * len(rec)
+        if not isinstance(h, (tuple, list)) or len(h) != len(rec):
+            raise TypeError(f"`h` must be None or a tuple with one entry (a state or None) per recurrent layer "
+                            f"call ({len(rec)}: {[self.nodes[i].layer for i in rec]}); got "
+                            f"{len(h) if isinstance(h, (tuple, list)) else type(h).__name__}.")
+        for i, s in zip(rec, h):
+            if s is not None and self.nodes[i].initial_state:
+                raise ValueError(f"`h` has a state for {self.nodes[i].layer!r}, whose initial state comes from the "
+                                 "graph (`initial_state=`); pass None there.")
+        return tuple(h)
+
+    def __call__(self, params: dict, h, inputs):
+        """``(params, h, inputs) -> (h, outputs)``, ``outputs`` being the Keras model's.
+
+        Args:
+          params: ``{layer name: params}`` (see the class docstring).
+          h: None, or a tuple with one entry per recurrent layer call (``recurrent_nodes``
+            order): an initial state (as in :class:`KerasRNN`) or None for zeros. A call
+            whose initial state comes from the graph (``initial_state=``) takes None.
+          inputs: what the Keras model takes: one array, or a list in ``model.inputs``
+            order (or a dict by Input name) for several: ``[B, T, I]`` floats, ``[B, T]``
+            integer ids for an Embedding, ``[B, T]`` booleans for a ``mask=``,
+            ``[B, H]`` floats for an ``initial_state=``.
+
+        Returns:
+          ``(h, outputs)``: the final state of every recurrent layer call (a tuple, in
+          ``recurrent_nodes`` order) and the model's output(s): one array, a list, or a
+          dict, as the Keras model returns them.
+        """
+        self.check_params(params)
+        values = self._bind_inputs(inputs)
+        states = iter(self._check_state(h))
+        specs = dict(self.layers)
+        finals = []
+        for node in self.nodes:
+            spec, p, x = specs[node.layer], params.get(node.layer), values[node.x]
+            what = f"layer {node.layer!r}"
+            if _is_recurrent_spec(spec):
+                s = next(states)
+                if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim != 3:
+                    raise ValueError(f"{what} must be called on floats [B, T, F]; got {x.dtype} {tuple(x.shape)}.")
+                size = _check_cell_params(spec.forward.cell if isinstance(spec, KerasBidirectional) else spec.cell,
+                                          p.forward if isinstance(spec, KerasBidirectional) else p, what)
+                if x.shape[-1] != size:
+                    raise ValueError(f"{what} takes {size} features; got an input of shape {tuple(x.shape)}.")
+                if x.shape[1] == 0:
+                    raise ValueError(f"{what}: the input must have at least one time step (Keras needs one); got T=0.")
+                m = None
+                if node.mask is not None:
+                    m = values[node.mask]
+                    if tuple(m.shape) != tuple(x.shape[:2]):
+                        raise ValueError(f"{what}: `mask` must have shape [B, T] = {list(x.shape[:2])}; got "
+                                         f"{tuple(m.shape)}.")
+                    m = m.astype(bool)
+                if node.initial_state:
+                    s = _state_from_flat(spec, [values[v] for v in node.initial_state])
+                s, y = _run_layer(spec, p, s, x, m)
+                finals.append(s)
+                outs = [y] + _flat_state(s) if len(node.outputs) > 1 else [y]
+            elif isinstance(spec, KerasEmbedding):
+                if not jnp.issubdtype(x.dtype, jnp.integer):
+                    raise TypeError(f"{what} (Embedding) must be called on integer ids; got dtype {x.dtype}.")
+                outs = [jnp.take(p, x, axis=0)]
+                if spec.mask_zero:
+                    outs.append(x != 0)
+            elif isinstance(spec, KerasMasking):
+                m = jnp.any(x != spec.mask_value, axis=-1)
+                outs = [jnp.where(m[..., None], x, 0).astype(x.dtype), m]
+            elif isinstance(spec, KerasDropout):
+                outs = [x]
+            else:
+                if x.shape[-1] != p.w.shape[1]:
+                    raise ValueError(f"{what} (Dense) takes {p.w.shape[1]} features; got an input of shape "
+                                     f"{tuple(x.shape)}.")
+                outs = [_ACTIVATIONS[spec.activation](dense(p, x))]
+            if len(outs) != len(node.outputs):
+                raise ValueError(f"{what}: the node lists {len(node.outputs)} outputs; the layer gives {len(outs)}.")
+            values.extend(outs)
+        ys = [values[v] for v in self.outputs]
+        if self.output_keys is not None:
+            ys = dict(zip(self.output_keys, ys))
+        elif self.single_output:
+            ys = ys[0]
+        return tuple(finals), ys
+
+
+_FUNCTIONAL_SUPPORTED = "InputLayer, Embedding, Masking, SimpleRNN, GRU, LSTM, Bidirectional, Dropout, Dense"
+
+
+def _flat_tensors(value, keras) -> Optional[list]:
+    """A KerasTensor or a (nested) list of them as a flat list; None for None; else False."""
+    if value is None:
+        return None
+    if isinstance(value, keras.KerasTensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        flat = []
+        for v in value:
+            f = _flat_tensors(v, keras)
+            if not f:
+                return False
+            flat.extend(f)
+        return flat
+    return False
+
+
+def _from_functional(keras, model):
+    """A functional ``keras.Model`` -> ``(KerasGraph, params)``, reading its nodes."""
+    inputs = list(model.inputs)
+    value_of = {id(kt): i for i, kt in enumerate(inputs)}  # KerasTensor -> value number
+    graph_inputs = []
+    for kt in inputs:
+        op = kt._keras_history.operation
+        graph_inputs.append(KerasInput(str(op.name), tuple(kt.shape[1:]), str(kt.dtype)))
+    # Embedding(mask_zero) and Masking compute their masks with ops (NotEqual, Any) that Keras
+    # hangs on the graph and passes on as `mask=`: such a mask is read as the layer's output.
+    mask_owner = {}
+    for depth_nodes in model._nodes_by_depth.values():
+        for node in depth_nodes:
+            if type(node.operation) in (keras.layers.Embedding, keras.layers.Masking) and node.outputs:
+                mk = getattr(node.outputs[0], "_keras_mask", None)
+                if mk is not None:
+                    mask_owner[id(mk)] = node
+    n_values = [len(inputs)]
+    specs, params, nodes, done = {}, {}, [], set()
+
+    def value(kt, context):
+        if id(kt) in value_of:
+            return value_of[id(kt)]
+        owner = mask_owner.get(id(kt))
+        if owner is not None:
+            convert(owner)
+            return value_of[id(kt)]
+        hist = getattr(kt, "_keras_history", None)
+        if hist is None or hist.operation is None:
+            raise ValueError(f"{context}: a tensor that is not connected to the model's inputs.")
+        node = hist.operation._inbound_nodes[hist.node_index]
+        if node.is_input:
+            raise ValueError(f"{context}: an Input that is not among `model.inputs` ({hist.operation.name!r}).")
+        convert(node)
+        return value_of[id(kt)]
+
+    def convert(node):
+        if id(node) in done:
+            return
+        op = node.operation
+        kind = type(op)
+        what = _describe_layer(op)
+        supported = (_is_recurrent(keras, op) or kind in (
+            keras.layers.Bidirectional, keras.layers.Embedding, keras.layers.Masking, keras.layers.Dropout,
+            keras.layers.Dense))
+        if not supported:
+            raise ValueError(f"{what} has no jaxrnn counterpart in a functional model; supported: "
+                             f"{_FUNCTIONAL_SUPPORTED}.")
+        try:
+            bound = inspect.signature(op.call).bind(*node.arguments.args, **node.arguments.kwargs).arguments
+        except TypeError as e:  # pragma: no cover - Keras bound them when the model was built
+            raise ValueError(f"{what}: cannot read its call arguments ({e}).") from e
+        names = list(bound)
+        x_kt = bound[names[0]]
+        if not isinstance(x_kt, keras.KerasTensor):
+            raise ValueError(f"{what}: its input `{names[0]}` must be one tensor; got {type(x_kt).__name__}.")
+        recurrent = _is_recurrent(keras, op) or kind is keras.layers.Bidirectional
+        allowed = {names[0], "training"} | ({"mask", "initial_state"} if recurrent else set())
+        for arg in names:
+            if arg not in allowed and bound[arg] is not None:
+                raise ValueError(f"{what}: the call argument `{arg}` has no jaxrnn counterpart.")
+        if bound.get("training") is True and _dropout_rate(op):
+            raise ValueError(f"{what} is called with `training=True`: its dropout would act at inference.")
+        x = value(x_kt, what)
+        mask, initial = None, ()
+        if recurrent:
+            mask_arg = bound.get("mask")
+            if mask_arg is not None:
+                if not isinstance(mask_arg, keras.KerasTensor):
+                    raise ValueError(f"{what}: `mask` must be a tensor of the graph; got {type(mask_arg).__name__}.")
+                mask = value(mask_arg, what)
+            flat = _flat_tensors(bound.get("initial_state"), keras)
+            if flat is False:
+                raise ValueError(f"{what}: `initial_state` must be tensors of the graph (e.g. keras.Input or "
+                                 "another layer's states).")
+            initial = tuple(value(kt, what) for kt in flat) if flat else ()
+        name = str(op.name)
+        if name not in specs:
+            if _is_recurrent(keras, op):
+                specs[name], params[name] = _convert_recurrent(keras, op)
+            elif kind is keras.layers.Bidirectional:
+                specs[name], params[name] = _convert_bidirectional(keras, op)
+            elif kind is keras.layers.Embedding:
+                _no_extras(op, 1)
+                _check_float32(op)
+                specs[name] = KerasEmbedding(int(op.input_dim), int(op.output_dim), bool(op.mask_zero))
+                params[name] = jnp.asarray(_np(op.get_weights()[0]))
+            elif kind is keras.layers.Masking:
+                specs[name] = KerasMasking(float(op.mask_value))
+            elif kind is keras.layers.Dropout:
+                specs[name] = KerasDropout(float(op.rate))
+            else:
+                specs[name], params[name] = _convert_dense(keras, op, what)
+        spec = specs[name]
+        outs = list(node.outputs)
+        if _is_recurrent_spec(spec):
+            want = 1 + _state_count(spec) if op.return_state else 1
+            if initial and len(initial) != _state_count(spec):
+                raise ValueError(f"{what}: `initial_state` must hold {_state_count(spec)} tensors; got {len(initial)}.")
+        else:
+            want = 1
+        if len(outs) != want:  # pragma: no cover - Keras' own layers
+            raise ValueError(f"{what}: expected {want} outputs; got {len(outs)}.")
+        if isinstance(spec, (KerasEmbedding, KerasMasking)):
+            mk = getattr(outs[0], "_keras_mask", None)
+            if (mk is not None) != (isinstance(spec, KerasMasking) or spec.mask_zero):  # pragma: no cover
+                raise ValueError(f"{what}: Keras' mask for this layer is not where jaxrnn expects it.")
+            if mk is not None:
+                outs.append(mk)
+        first = n_values[0]
+        for i, kt in enumerate(outs):
+            value_of[id(kt)] = first + i
+        n_values[0] += len(outs)
+        nodes.append(KerasNode(name, x, mask, initial, tuple(range(first, first + len(outs)))))
+        done.add(id(node))
+
+    struct = model._outputs_struct
+    if isinstance(struct, dict):
+        keys = tuple(struct)
+        flat_out = [struct[k] for k in keys]
+    elif isinstance(struct, (list, tuple)):
+        keys, flat_out = None, list(struct)
+    else:
+        keys, flat_out = None, [struct]
+    outputs = []
+    for i, kt in enumerate(flat_out):
+        if not isinstance(kt, keras.KerasTensor):
+            raise ValueError(f"`model` output {i} must be a tensor; got {type(kt).__name__} (nested outputs are not "
+                             "converted).")
+        outputs.append(value(kt, f"model output {i}"))
+    if not any(_is_recurrent_spec(s) for s in specs.values()):
+        raise ValueError("`layer_or_model` holds no recurrent layer (SimpleRNN, GRU, LSTM or Bidirectional).")
+    net = KerasGraph(tuple(graph_inputs), tuple(specs.items()), tuple(nodes), tuple(outputs), output_keys=keys,
+                     single_output=keys is None and not isinstance(struct, (list, tuple)))
+    net.check_params(params)
+    return net, params
+
+
+def _graph_to_keras(keras, net: KerasGraph, params: dict):
+    """Rebuilds the functional ``keras.Model`` of a :class:`KerasGraph`, weights loaded."""
+    net.check_params(params)
+    specs = dict(net.layers)
+    returns_state = {n.layer for n in net.nodes if len(n.outputs) > 1 and _is_recurrent_spec(specs[n.layer])}
+    inputs = [keras.Input(shape=i.shape, dtype=i.dtype, name=i.name) for i in net.inputs]
+    values = list(inputs)
+    made = {}
+    for node in net.nodes:
+        spec = specs[node.layer]
+        layer = made.get(node.layer)
+        if layer is None:
+            extra = dict(return_state=True) if node.layer in returns_state else {}
+            if isinstance(spec, KerasBidirectional):
+                layer = keras.layers.Bidirectional(
+                    _keras_layer(keras, spec.forward, **extra),
+                    backward_layer=_keras_layer(keras, spec.backward, **extra),
+                    merge_mode=spec.merge_mode, name=node.layer)
+            elif isinstance(spec, KerasLayer):
+                layer = _keras_layer(keras, spec, name=node.layer, **extra)
+            elif isinstance(spec, KerasEmbedding):
+                layer = keras.layers.Embedding(spec.input_dim, spec.output_dim, mask_zero=spec.mask_zero,
+                                               name=node.layer)
+            elif isinstance(spec, KerasMasking):
+                layer = keras.layers.Masking(spec.mask_value, name=node.layer)
+            elif isinstance(spec, KerasDropout):
+                layer = keras.layers.Dropout(spec.rate, name=node.layer)
+            elif isinstance(spec, KerasDense):
+                layer = keras.layers.Dense(spec.units, activation=spec.activation, name=node.layer)
+            else:
+                raise TypeError(f"`net.layers[{node.layer!r}]`: {type(spec).__name__} is not a layer spec.")
+            made[node.layer] = layer
+        kwargs = {}
+        if node.mask is not None:
+            kwargs["mask"] = values[node.mask]
+        if node.initial_state:
+            kwargs["initial_state"] = [values[v] for v in node.initial_state]
+        out = layer(values[node.x], **kwargs)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if isinstance(spec, KerasMasking) or (isinstance(spec, KerasEmbedding) and spec.mask_zero):
+            outs.append(out._keras_mask)
+        if len(outs) != len(node.outputs) or node.outputs[0] != len(values):
+            raise ValueError(f"`net.nodes`: the node of {node.layer!r} must write values {len(values)}.. "
+                             f"({len(outs)} of them); it lists {node.outputs}.")
+        values.extend(outs)
+    outs = [values[v] for v in net.outputs]
+    if net.output_keys is not None:
+        outs = dict(zip(net.output_keys, outs))
+    elif net.single_output:
+        outs = outs[0]
+    model = keras.Model(inputs[0] if len(inputs) == 1 else inputs, outs)
+    for name, layer in made.items():
+        spec, p = specs[name], params.get(name)
+        if isinstance(spec, KerasBidirectional):
+            _set_recurrent(layer.forward_layer, spec.forward.cell, p.forward)
+            _set_recurrent(layer.backward_layer, spec.backward.cell, p.backward)
+        elif isinstance(spec, KerasLayer):
+            _set_recurrent(layer, spec.cell, p)
+        elif isinstance(spec, KerasEmbedding):
+            layer.embeddings.assign(np.asarray(p, np.float32))
+        elif isinstance(spec, KerasDense):
+            layer.kernel.assign(np.ascontiguousarray(np.asarray(p.w, np.float32).T))
+            layer.bias.assign(np.asarray(p.b, np.float32))
     return model
