@@ -18,7 +18,7 @@ JSON as each seed finishes, so a long run can be stopped and still leave its fin
 
 Run::
 
-    python benchmarks/recurrent_ppo_sb3.py --seeds 0 1 2
+        python benchmarks/recurrent_ppo_sb3.py --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -33,124 +33,181 @@ import time
 import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "recurrent_ppo_sb3.json")
+JAXRNN = os.path.join(os.path.dirname(__file__), "..", "examples", "results", "recurrent_ppo.json")
 
 
 def _machine():
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def make_env():
-  """CartPole-v1 with the velocities (observation entries 1 and 3) set to 0."""
-  import gymnasium as gym
+    """CartPole-v1 with the velocities (observation entries 1 and 3) set to 0."""
+    import gymnasium as gym
 
-  class MaskVelocity(gym.ObservationWrapper):
-    def observation(self, obs):
-      obs = np.array(obs, dtype=np.float32)
-      obs[1] = 0.0
-      obs[3] = 0.0
-      return obs
+    class MaskVelocity(gym.ObservationWrapper):
+        def observation(self, obs):
+            obs = np.array(obs, dtype=np.float32)
+            obs[1] = 0.0
+            obs[3] = 0.0
+            return obs
 
-  return MaskVelocity(gym.make("CartPole-v1"))
+    return MaskVelocity(gym.make("CartPole-v1"))
 
 
 def run_seed(seed, total_timesteps, n_eval_episodes):
-  import torch
-  from sb3_contrib import RecurrentPPO
-  from stable_baselines3.common.callbacks import BaseCallback
-  from stable_baselines3.common.env_util import make_vec_env
-  from stable_baselines3.common.evaluation import evaluate_policy
-  from stable_baselines3.common.vec_env import VecNormalize
+    import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
 
-  torch.set_num_threads(1)
-  env = VecNormalize(make_vec_env(make_env, n_envs=8, seed=seed), gamma=0.98)
+    torch.set_num_threads(1)
+    env = VecNormalize(make_vec_env(make_env, n_envs=8, seed=seed), gamma=0.98)
 
-  def linear(start):
-    return lambda progress_remaining: progress_remaining * start
+    def linear(start):
+        return lambda progress_remaining: progress_remaining * start
 
-  model = RecurrentPPO(
-      "MlpLstmPolicy", env, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98,
-      gae_lambda=0.8, learning_rate=linear(1e-3), clip_range=linear(0.2), ent_coef=0.0,
-      vf_coef=0.5, max_grad_norm=0.5, seed=seed, device="cpu", verbose=0,
-      policy_kwargs=dict(ortho_init=False, activation_fn=torch.nn.ReLU,
-                         lstm_hidden_size=64, enable_critic_lstm=True,
-                         net_arch=dict(pi=[64], vf=[64])))
+    model = RecurrentPPO(
+            "MlpLstmPolicy", env, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98,
+            gae_lambda=0.8, learning_rate=linear(1e-3), clip_range=linear(0.2), ent_coef=0.0,
+            vf_coef=0.5, max_grad_norm=0.5, seed=seed, device="cpu", verbose=0,
+            policy_kwargs=dict(ortho_init=False, activation_fn=torch.nn.ReLU,
+                                                  lstm_hidden_size=64, enable_critic_lstm=True,
+                                                  net_arch=dict(pi=[64], vf=[64])))
 
-  curve = []
+    curve = []
 
-  class Curve(BaseCallback):
-    def _on_rollout_end(self):
-      buf = self.model.ep_info_buffer
-      if buf:
-        curve.append([int(self.model.num_timesteps),
-                      float(np.mean([e["r"] for e in buf]))])
+    class Curve(BaseCallback):
+        def _on_rollout_end(self):
+            buf = self.model.ep_info_buffer
+            if buf:
+                curve.append([int(self.model.num_timesteps),
+                                            float(np.mean([e["r"] for e in buf]))])
 
-    def _on_step(self):
-      return True
+        def _on_step(self):
+            return True
 
-  t0, c0 = time.perf_counter(), time.process_time()
-  model.learn(total_timesteps=total_timesteps, callback=Curve())
-  train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.learn(total_timesteps=total_timesteps, callback=Curve())
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
 
-  eval_env = VecNormalize(make_vec_env(make_env, n_envs=1, seed=seed + 1000),
-                          training=False, norm_reward=False, gamma=0.98)
-  eval_env.obs_rms = env.obs_rms
-  returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes,
-                               deterministic=True, return_episode_rewards=True)
-  return dict(seed=seed, env_steps=int(model.num_timesteps), train_wall_s=train_s, train_cpu_s=train_cpu_s,
-              eval_return_mean=float(np.mean(returns)),
-              eval_return_std=float(np.std(returns)),
-              eval_returns=[float(r) for r in returns], train_curve=curve)
+    eval_env = VecNormalize(make_vec_env(make_env, n_envs=1, seed=seed + 1000),
+                                                    training=False, norm_reward=False, gamma=0.98)
+    eval_env.obs_rms = env.obs_rms
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=n_eval_episodes,
+                                                              deterministic=True, return_episode_rewards=True)
+    return dict(seed=seed, env_steps=int(model.num_timesteps), train_wall_s=train_s, train_cpu_s=train_cpu_s,
+                            eval_return_mean=float(np.mean(returns)),
+                            eval_return_std=float(np.std(returns)),
+                            eval_returns=[float(r) for r in returns], train_curve=curve)
 
 
 def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESULTS,
-         note=""):
-  import gymnasium
-  import sb3_contrib
-  import stable_baselines3
-  import torch
+                  note=""):
+    import gymnasium
+    import sb3_contrib
+    import stable_baselines3
+    import torch
 
-  if os.path.exists(out):
-    with open(out) as f:
-      record = json.load(f)
-  else:
-    record = dict(
-        task="CartPoleNoVel-v1 (gymnasium CartPole-v1, obs[1]=obs[3]=0)",
-        settings="RL Zoo ppo_lstm: 8 envs x 32 steps, batch 256, 20 epochs, gamma 0.98, "
-                 "lambda 0.8, lr lin 1e-3, clip lin 0.2, ent 0, vf 0.5, max_grad_norm 0.5, "
-                 "VecNormalize(obs, reward, gamma 0.98), LSTM 64 actor + LSTM 64 critic, "
-                 "pi=[64], vf=[64], ReLU, ortho_init=False",
-        machine=_machine(), torch_threads=1,
-        versions=dict(sb3_contrib=sb3_contrib.__version__,
-                      stable_baselines3=stable_baselines3.__version__,
-                      gymnasium=gymnasium.__version__, torch=torch.__version__,
-                      python=platform.python_version()),
-        note=note, runs=[])
-  for seed in seeds:
-    print(f"sb3-contrib RecurrentPPO seed {seed}: training {total_timesteps} steps", flush=True)
-    r = run_seed(seed, total_timesteps, n_eval_episodes)
-    r["load_at_end"] = os.getloadavg()
-    print(f"  seed {seed}: {r['train_wall_s']:.1f} s to {r['env_steps']} steps, "
-          f"deterministic return {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} "
-          f"({n_eval_episodes} episodes), load {r['load_at_end']}", flush=True)
-    record["runs"].append(r)
+    if os.path.exists(out):
+        with open(out) as f:
+            record = json.load(f)
+    else:
+        record = dict(
+                task="CartPoleNoVel-v1 (gymnasium CartPole-v1, obs[1]=obs[3]=0)",
+                settings="RL Zoo ppo_lstm: 8 envs x 32 steps, batch 256, 20 epochs, gamma 0.98, "
+                                  "lambda 0.8, lr lin 1e-3, clip lin 0.2, ent 0, vf 0.5, max_grad_norm 0.5, "
+                                  "VecNormalize(obs, reward, gamma 0.98), LSTM 64 actor + LSTM 64 critic, "
+                                  "pi=[64], vf=[64], ReLU, ortho_init=False",
+                machine=_machine(), torch_threads=1,
+                versions=dict(sb3_contrib=sb3_contrib.__version__,
+                                            stable_baselines3=stable_baselines3.__version__,
+                                            gymnasium=gymnasium.__version__, torch=torch.__version__,
+                                            python=platform.python_version()),
+                note=note, runs=[])
+    for seed in seeds:
+        print(f"sb3-contrib RecurrentPPO seed {seed}: training {total_timesteps} steps", flush=True)
+        r = run_seed(seed, total_timesteps, n_eval_episodes)
+        r["load_at_end"] = os.getloadavg()
+        print(f"  seed {seed}: {r['train_wall_s']:.1f} s to {r['env_steps']} steps, "
+                    f"deterministic return {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} "
+                    f"({n_eval_episodes} episodes), load {r['load_at_end']}", flush=True)
+        record["runs"].append(r)
+        with open(out, "w") as f:
+            json.dump(record, f, indent=1)
+    return record
+
+
+def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None):
+    """The side-by-side markdown table from this script's JSON and the example's."""
+    with open(sb3_path) as f:
+        sb3 = json.load(f)
+    with open(jaxrnn_path) as f:
+        jx = json.load(f)
+    mem = next(r for r in jx["runs"] if r["label"] == "memory")
+    ctl = next((r for r in jx["runs"] if r["label"] == "control"), None)
+    n = len(mem["seeds"])
+    lines = [
+            "# Recurrent PPO on CartPoleNoVel-v1: jaxrnn vs sb3-contrib RecurrentPPO",
+            "",
+            f"Machine: {sb3['machine']} (2 cores). sb3: " + ", ".join(f"{k} {v}" for k, v in sb3["versions"].items())
+            + "; jaxrnn side: " + ", ".join(f"{k} {v}" for k, v in jx["versions"].items() if v) + ".",
+            "",
+            "Same settings (RL Zoo ppo_lstm): " + sb3["settings"] + ".",
+            f"Final return: deterministic, {len(sb3['runs'][0]['eval_returns']) if sb3['runs'] else 20} episodes, "
+            "normalisation statistics frozen. jaxrnn trains its "
+            f"{n} seeds at once under `vmap`, so its time to 100k steps is the time for every seed (compile included; "
+            "periodic evaluations excluded).",
+            "",
+            "| library | seed | env steps | time to 100k steps (wall, s) | CPU time (s) | final deterministic return |",
+            "|---|---|---|---|---|---|",
+    ]
+    for r in sb3["runs"]:
+        lines.append(f"| sb3-contrib | {r['seed']} | {r['env_steps']} | {r['train_wall_s']:.0f} | "
+                                  f"{r.get('train_cpu_s', float('nan')):.0f} | {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} |")
+    cpu = mem.get("train_cpu_s")
+    for i, s in enumerate(mem["seeds"]):
+        lines.append(f"| jaxrnn ({n} seeds in one vmap) | {s} | {mem['env_steps']} | {mem['train_wall_s']:.0f} (all {n}) | "
+                                  f"{'%.0f' % cpu if cpu else 'n/a'} (all {n}) | "
+                                  f"{mem['final_eval_mean'][i]:.1f} +- {mem['final_eval_std'][i]:.1f} |")
+    if ctl:
+        lines.append("")
+        lines.append(f"Negative control (jaxrnn, memory cut: a reset at every step): final deterministic return per seed "
+                                  f"{[round(x, 1) for x in ctl['final_eval_mean']]} (mean {np.mean(ctl['final_eval_mean']):.1f}).")
+    if sb3["runs"]:
+        w = np.median([r["train_wall_s"] for r in sb3["runs"]])
+        lines += ["", f"Wall time, jaxrnn (all {n} seeds) / sb3-contrib (median of {len(sb3['runs'])} seed(s), one "
+                            f"seed each): {mem['train_wall_s'] / w:.3f}."]
+        c = [r["train_cpu_s"] for r in sb3["runs"] if "train_cpu_s" in r]
+        if c and cpu:
+            lines.append(f"CPU time, same ratio: {cpu / np.median(c):.3f}.")
+    lines += ["", "Notes: " + sb3.get("note", ""), "", jx.get("note", "")]
+    text = "\n".join(lines) + "\n"
+    out = out or os.path.splitext(sb3_path)[0] + ".md"
     with open(out, "w") as f:
-      json.dump(record, f, indent=1)
-  return record
+        f.write(text)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  p.add_argument("--steps", type=int, default=100_000)
-  p.add_argument("--episodes", type=int, default=20)
-  p.add_argument("--out", default=RESULTS)
-  p.add_argument("--note", default="")
-  a = p.parse_args()
-  main(a.seeds, a.steps, a.episodes, a.out, a.note)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--out", default=RESULTS)
+    p.add_argument("--note", default="")
+    p.add_argument("--table", action="store_true", help="only write the markdown table from the JSONs")
+    a = p.parse_args()
+    if a.table:
+        table(a.out)
+    else:
+        main(a.seeds, a.steps, a.episodes, a.out, a.note)

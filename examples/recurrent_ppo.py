@@ -409,24 +409,27 @@ def run(cfg: Config, seeds, eval_every: int, label: str):
     sizes = [eval_every] * (cfg.num_updates // eval_every) + (
         [cfg.num_updates % eval_every] if cfg.num_updates % eval_every else [])
     chunk_fns = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     runners = jax.jit(jax.vmap(lambda k: init_runner(cfg, k)))(keys)
     jax.block_until_ready(runners)
     ev = jax.jit(jax.vmap(lambda r, k: evaluate(cfg, r, k)))
     train_s, compile_s, eval_s = time.perf_counter() - t0, 0.0, 0.0
+    train_cpu_s = time.process_time() - c0
     curve, evals, done_updates = [], [], 0
     for i, n in enumerate(sizes):
         if n not in chunk_fns:
-            tc = time.perf_counter()
+            tc, cc = time.perf_counter(), time.process_time()
             fn = jax.jit(jax.vmap(lambda r: jax.lax.scan(lambda r, x: train_step(cfg, r, x), r, None, length=n)))
             chunk_fns[n] = fn.lower(runners).compile()
             dt = time.perf_counter() - tc
             compile_s += dt
             train_s += dt
-        tc = time.perf_counter()
+            train_cpu_s += time.process_time() - cc
+        tc, cc = time.perf_counter(), time.process_time()
         runners, (ep_ret, ep_n) = chunk_fns[n](runners)
         jax.block_until_ready(runners)
         train_s += time.perf_counter() - tc
+        train_cpu_s += time.process_time() - cc
         done_updates += n
         steps = done_updates * cfg.steps_per_update
         ep_ret, ep_n = np.asarray(ep_ret), np.asarray(ep_n)
@@ -441,7 +444,7 @@ def run(cfg: Config, seeds, eval_every: int, label: str):
               f"{np.array2string(returns.mean(1), precision=1, max_line_width=200)}", flush=True)
     final = returns
     return dict(label=label, seeds=list(seeds), env_steps=done_updates * cfg.steps_per_update,
-                train_wall_s=train_s, compile_s=compile_s, eval_wall_s=eval_s,
+                train_wall_s=train_s, train_cpu_s=train_cpu_s, load_at_end=os.getloadavg(), compile_s=compile_s, eval_wall_s=eval_s,
                 final_eval_mean=final.mean(1).tolist(), final_eval_std=final.std(1).tolist(),
                 final_eval_returns=final.tolist(), eval_curve=evals, train_curve=curve,
                 config=dataclasses.asdict(cfg))
@@ -490,7 +493,7 @@ def main(seeds=(0, 1, 2, 3, 4), total_steps=100_000, eval_every=17, control=True
     for rec in records:
         m = np.array(rec["final_eval_mean"])
         print(f"{rec['label']:>8}: {rec['env_steps']} env steps per seed, training {rec['train_wall_s']:.1f} s "
-              f"for {len(seeds)} seeds at once (compile {rec['compile_s']:.1f} s; evaluations {rec['eval_wall_s']:.1f} s "
+              f"(CPU time {rec['train_cpu_s']:.1f} s) for {len(seeds)} seeds at once (compile {rec['compile_s']:.1f} s; evaluations {rec['eval_wall_s']:.1f} s "
               f"more); final deterministic return (20 episodes) per seed {np.round(m, 1).tolist()}, "
               f"mean {m.mean():.1f}", flush=True)
     print(f"total wall time {total:.1f} s", flush=True)

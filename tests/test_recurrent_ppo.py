@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import math
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from jaxrnn import rl
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "recurrent_ppo.py"
 _spec = importlib.util.spec_from_file_location("recurrent_ppo_example", _PATH)
 ppo = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = ppo  # dataclasses look their module up there
 _spec.loader.exec_module(ppo)
 
 # 4 envs x 40 steps, 2 minibatches of 2 sequences: a random policy's CartPole episodes last
