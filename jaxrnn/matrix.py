@@ -53,9 +53,10 @@ Masks, with :func:`jaxrnn.unroll`'s meaning:
 * ``seq_lengths``: past its length a sequence's state is frozen and its outputs are zero; the
   returned state is the one at the true length (``h0`` for a length 0);
 * ``resets``: ``resets[t]`` True means step ``t`` starts a new segment: the state entering it
-  is zero (a zero decay). In the chunked form a reset is not a ``-inf`` log-decay (which
-  would give ``inf - inf``): the step's log-decay is set to 0 and every decay ratio that
-  spans a reset is masked to 0, by segment numbers counted inside each chunk.
+  is zero (``reset_state`` if given). In the chunked form a reset is not a ``-inf``
+  log-decay (which would give ``inf - inf``): every decay ratio that spans a reset is masked
+  to 0 by segment numbers counted inside each chunk, and the segments that start inside a
+  chunk start from ``reset_state`` with decays relative to their own start.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ from jaxrnn.linear import _acc_dtype, _check_lengths
 
 Array = jax.Array
 
-__all__ = ["matrix_scan", "MODES", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["matrix_scan", "matrix_step", "MODES", "DEFAULT_CHUNK_SIZE"]
 
 #: The evaluation modes of :func:`matrix_scan`.
 MODES = ("sequential", "chunked")
@@ -97,6 +98,7 @@ def matrix_scan(
     *,
     seq_lengths: Optional[Array] = None,
     resets: Optional[Array] = None,
+    reset_state=None,
     time_major: bool = False,
     mode: str = "chunked",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -117,7 +119,8 @@ def matrix_scan(
       seq_lengths: optional integer lengths ``[*batch]`` of right-padded sequences, in
         ``[0, T]`` (checked when concrete).
       resets: optional bool ``[*batch, T]`` (``[T, *batch]`` with ``time_major``): True at
-        ``t`` means the state entering step ``t`` is zero.
+        ``t`` means the state entering step ``t`` is zero (``reset_state`` if given).
+      reset_state: the state a segment starts from, ``[*batch, heads, d_k, d_v]``; None for zeros.
       time_major: layout of ``q, k, v, log_decay, beta, resets`` and of the returned outputs.
       mode: ``"sequential"`` or ``"chunked"`` (module docstring).
       chunk_size: steps per chunk for ``mode="chunked"`` (at most ``T`` is used).
@@ -184,6 +187,13 @@ def matrix_scan(
         if tuple(h0.shape) != state_shape:
             raise ValueError(f"`h0` must have shape [*batch, heads, d_k, d_v] = {list(state_shape)}; "
                              f"got {tuple(h0.shape)}.")
+    if reset_state is not None:
+        reset_state = _as_float(reset_state, "reset_state")
+        if tuple(reset_state.shape) != state_shape:
+            raise ValueError(f"`reset_state` must have shape [*batch, heads, d_k, d_v] = {list(state_shape)}; "
+                             f"got {tuple(reset_state.shape)}.")
+        if resets is None:
+            raise ValueError("`reset_state` was given without `resets`.")
     lengths = _check_lengths(seq_lengths, batch_shape, T)
     resets_T = _check_resets(resets, batch_shape, T, time_major)
     dtype = _acc_dtype(*(x.dtype for x in (q, k, v, log_decay) + ((beta,) if beta is not None else ())
@@ -207,6 +217,7 @@ def matrix_scan(
     gf = flat(log_decay, 1) if per_channel else flat(log_decay, 0)[..., None]  # [N, T, 1 or d_k]
     bf = None if beta is None else flat(beta, 0)  # [N, T]
     S0 = jnp.zeros((N, d_k, d_v), dtype) if h0 is None else h0.astype(dtype).reshape((N, d_k, d_v))
+    R = None if reset_state is None else reset_state.astype(dtype).reshape((N, d_k, d_v))
 
     def per_head(x):  # [*batch, T] (time-major: [T, *batch]) -> [N, T]
         x = x.reshape((T, n_b)).T if time_major or not batch_shape else x.reshape((n_b, T))
@@ -230,9 +241,9 @@ def matrix_scan(
     if T == 0:
         S, o = S0, jnp.zeros((N, 0, d_v), dtype)
     elif mode == "sequential":
-        S, o = _sequential(qf, kf, vf, gf, bf, rs, S0)
+        S, o = _sequential(qf, kf, vf, gf, bf, rs, S0, R)
     else:
-        S, o = _chunked(qf, kf, vf, gf, bf, rs, S0, min(int(chunk_size), T))
+        S, o = _chunked(qf, kf, vf, gf, bf, rs, S0, R, min(int(chunk_size), T))
     if valid is not None:
         o = jnp.where(valid[..., None], o, 0.0)
 
@@ -243,6 +254,31 @@ def matrix_scan(
     else:
         o = o.reshape(batch_shape + (T, H, d_v))
     return S, o.astype(out_dtype)
+
+
+
+def matrix_step(S, q, k, v, log_decay, beta=None, *, scale: float = 1.0):
+    """One step of the recurrence (module docstring), for generation; no masks, no checks.
+
+    Args:
+      S: state ``[..., d_k, d_v]`` (float32 for the usual accuracy).
+      q, k: ``[..., d_k]``; v: ``[..., d_v]``.
+      log_decay: ``[..., 1]`` (scalar decay) or ``[..., d_k]``.
+      beta: None or ``[...]``.
+      scale: factor of the output.
+
+    Returns:
+      ``(S, o)``: the new state and ``o = scale * Sᵀ q`` ``[..., d_v]``, in ``S``'s dtype.
+    """
+    dtype = S.dtype
+    q, k, v, log_decay = (x.astype(dtype) for x in (q, k, v, log_decay))
+    S = jnp.exp(log_decay)[..., :, None] * S  # rows (key channels) decay
+    if beta is None:
+        S = S + k[..., :, None] * v[..., None, :]
+    else:
+        kS = jnp.einsum("...k,...kv->...v", k, S)
+        S = S + beta.astype(dtype)[..., None, None] * k[..., :, None] * (v - kS)[..., None, :]
+    return S, scale * jnp.einsum("...k,...kv->...v", q, S)
 
 
 # --------------------------------------------------------------------------- checks
@@ -278,7 +314,7 @@ def _check_resets(resets, batch_shape: tuple, T: int, time_major: bool) -> Optio
 # --------------------------------------------------------------------------- sequential
 
 
-def _sequential(q, k, v, g, beta, resets, S0):
+def _sequential(q, k, v, g, beta, resets, S0, R):
     """A scan of the step; inputs ``[N, T, ...]`` (internal layout), returns ``(S, o [N, T, d_v])``."""
     delta = beta is not None
     xs = (jnp.moveaxis(q, 1, 0), jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0), jnp.moveaxis(g, 1, 0),
@@ -287,14 +323,8 @@ def _sequential(q, k, v, g, beta, resets, S0):
     def body(S, x):
         q_t, k_t, v_t, g_t, b_t, r_t = x
         if r_t is not None:
-            S = jnp.where(r_t[:, None, None], 0.0, S)
-        S = jnp.exp(g_t)[:, :, None] * S  # rows (key channels) decay; [N, 1 or d_k, 1]
-        if delta:
-            kS = jnp.einsum("nk,nkv->nv", k_t, S)
-            S = S + b_t[:, None, None] * k_t[:, :, None] * (v_t - kS)[:, None, :]
-        else:
-            S = S + k_t[:, :, None] * v_t[:, None, :]
-        return S, jnp.einsum("nk,nkv->nv", q_t, S)
+            S = jnp.where(r_t[:, None, None], 0.0 if R is None else R, S)
+        return matrix_step(S, q_t, k_t, v_t, g_t, b_t if delta else None)
 
     S, o = jax.lax.scan(body, S0, xs)
     return S, jnp.moveaxis(o, 0, 1)
@@ -303,7 +333,7 @@ def _sequential(q, k, v, g, beta, resets, S0):
 # --------------------------------------------------------------------------- chunked
 
 
-def _chunked(q, k, v, g, beta, resets, S0, K: int):
+def _chunked(q, k, v, g, beta, resets, S0, R, K: int):
     """The chunkwise form (module docstring); inputs ``[N, T, ...]``."""
     N, T, d_k = k.shape
     n_c = -(-T // K)
@@ -322,8 +352,8 @@ def _chunked(q, k, v, g, beta, resets, S0, K: int):
 
     q, k, v, g, beta, seg_in = c(q), c(k), c(v), c(g), c(beta), c(seg_in)
     seg = jnp.cumsum(seg_in, axis=2)  # segment number of each step inside its chunk
-    static = (delta, K)
-    S, o = _chunked_core(static, q, k, v, g, beta, seg, S0)
+    static = (delta, K, R is not None)
+    S, o = _chunked_core(static, q, k, v, g, beta, seg, S0, jnp.zeros_like(S0) if R is None else R)
     return S, o.reshape((N, n_c * K, -1))[:, :T]
 
 
@@ -378,38 +408,56 @@ def _blockdiag(diag, lead, n_s: int, s: int):
     return full.reshape(lead + (n_s * s, n_s * s))
 
 
-def _prep(static, q, k, v, g, beta, seg):
+def _prep(static, q, k, v, g, beta, seg, R):
     """Everything the chunks need that does not depend on the state entering them, all
-    chunks at once. Shapes ``[N, n_c, K, ...]``."""
-    delta, K = static
+    chunks at once. Shapes ``[N, n_c, K, ...]``; ``R`` the reset state ``[N, d_k, d_v]``."""
+    delta, K, has_R = static
     gc = jnp.cumsum(g, axis=2)                                # [N, n_c, K, 1 or d_k]
     same = seg[..., :, None] == seg[..., None, :]             # [N, n_c, K, K]
-    first = (seg == 0)[..., None]                             # no reset before t in the chunk
+    first = (seg == 0)[..., None]                             # no reset at or before t in the chunk
+    # The log-decay before the segment of t starts (0 for the chunk's first segment): decays
+    # relative to it have exponents <= 0.
+    starts = seg - jnp.pad(seg[..., :-1], ((0, 0), (0, 0), (1, 0))) > 0
+    idx = jax.lax.cummax(jnp.where(starts, jnp.arange(K), 0), axis=2)
+    base = jnp.take_along_axis(gc - g, idx[..., None], axis=2)
+    rel = jnp.exp(gc - base)                                  # Γ_t relative to its segment's entry
     last = seg[..., -1:]
     to_end = (seg == last)[..., None]
     g_last = gc[..., -1:, :]
     k_end = jnp.where(to_end, k * jnp.exp(jnp.where(to_end, g_last - gc, 0.0)), 0.0)   # k_j Γ_C/Γ_j
-    gamma_end = jnp.where(last == 0, 1.0, 0.0)[..., None] * jnp.exp(g_last)            # [.., 1, 1|d_k]
-    gamma_end = gamma_end[..., 0, :]                                                    # [N, n_c, 1|d_k]
-    q_g = jnp.where(first, q * jnp.exp(gc), 0.0)                                        # Γ_t q_t
+    gamma_end = jnp.where(last[..., None] == 0, rel[..., -1:, :], 0.0)[..., 0, :]      # [N, n_c, 1|d_k]
+    q_g = jnp.where(first, q * rel, 0.0)
     A_qk = _pair(q, k, gc, same, strict=False)
+    X = dict(k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
     if delta:
         b = beta[..., None]
-        k_g = jnp.where(first, k * jnp.exp(gc), 0.0)
         L = jnp.eye(K, dtype=k.dtype) + b * _pair(k, k, gc, same, strict=True)
-        rhs = jnp.concatenate([b * v, b * k_g], axis=-1)
-        sol = jax.scipy.linalg.solve_triangular(L, rhs, lower=True, unit_diagonal=True)
-        u, w = sol[..., :v.shape[-1]], sol[..., v.shape[-1]:]
+        parts = [b * v, b * jnp.where(first, k * rel, 0.0)]
+        if has_R:
+            parts.append(b * jnp.where(first, 0.0, k * rel))
+        sizes = np.cumsum([p.shape[-1] for p in parts])[:-1]
+        sol = jax.scipy.linalg.solve_triangular(L, jnp.concatenate(parts, axis=-1), lower=True, unit_diagonal=True)
+        sol = jnp.split(sol, sizes, axis=-1)
+        u, w = sol[0], sol[1]
+        if has_R:
+            u = u - jnp.einsum("nctk,nkv->nctv", sol[2], R)
     else:
         u, w = v, None
-    return dict(u=u, w=w, k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
+    X.update(u=u, w=w)
+    if has_R:  # segments that start at a reset inside the chunk start from R
+        q_r = jnp.where(first, 0.0, q * rel)
+        X["o_r"] = jnp.einsum("nctk,nkv->nctv", q_r, R)
+        gamma_r = jnp.where(last[..., None] > 0, rel[..., -1:, :], 0.0)[..., 0, :]    # [N, n_c, 1|d_k]
+        X["r_end"] = gamma_r[..., :, None] * R[:, None]
+    return X
 
 
 def _chunk_step(X, S):
     """The state after a chunk from the state entering it: ``S`` ``[N, d_k, d_v]``; ``X`` one
     chunk's slice of :func:`_prep`'s output."""
     U = X["u"] if X["w"] is None else X["u"] - jnp.einsum("nkc,ncv->nkv", X["w"], S)
-    return X["gamma_end"][..., :, None] * S + jnp.einsum("nkc,nkv->ncv", X["k_end"], U)
+    S_next = X["gamma_end"][..., :, None] * S + jnp.einsum("nkc,nkv->ncv", X["k_end"], U)
+    return S_next + X["r_end"] if "r_end" in X else S_next
 
 
 def _states(X, S0):
@@ -426,26 +474,27 @@ def _states(X, S0):
 def _outputs(X, S_in):
     """Outputs of all chunks at once, ``[N, n_c, K, d_v]``."""
     U = X["u"] if X["w"] is None else X["u"] - jnp.einsum("nctk,nckv->nctv", X["w"], S_in)
-    return jnp.einsum("nctk,nckv->nctv", X["q_g"], S_in) + jnp.einsum("nctj,ncjv->nctv", X["A_qk"], U)
+    o = jnp.einsum("nctk,nckv->nctv", X["q_g"], S_in) + jnp.einsum("nctj,ncjv->nctv", X["A_qk"], U)
+    return o + X["o_r"] if "o_r" in X else o
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked_core(static, q, k, v, g, beta, seg, S0):
-    X = _prep(static, q, k, v, g, beta, seg)
+def _chunked_core(static, q, k, v, g, beta, seg, S0, R):
+    X = _prep(static, q, k, v, g, beta, seg, R)
     S_in, S = _states(X, S0)
     return S, _outputs(X, S_in)
 
 
-def _chunked_fwd(static, q, k, v, g, beta, seg, S0):
-    X = _prep(static, q, k, v, g, beta, seg)
+def _chunked_fwd(static, q, k, v, g, beta, seg, S0, R):
+    X = _prep(static, q, k, v, g, beta, seg, R)
     S_in, S = _states(X, S0)
-    return (S, _outputs(X, S_in)), (q, k, v, g, beta, seg, S_in)
+    return (S, _outputs(X, S_in)), (q, k, v, g, beta, seg, R, S_in)
 
 
 def _chunked_bwd(static, res, cts):
-    q, k, v, g, beta, seg, S_in = res
+    q, k, v, g, beta, seg, R, S_in = res
     dS, do = cts
-    X, prep_vjp = jax.vjp(lambda *a: _prep(static, *a, seg), q, k, v, g, beta)
+    X, prep_vjp = jax.vjp(lambda q, k, v, g, beta, R: _prep(static, q, k, v, g, beta, seg, R), q, k, v, g, beta, R)
     _, out_vjp = jax.vjp(_outputs, X, S_in)
     dX_out, dS_in = out_vjp(do)
     Xc = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), X)
@@ -460,8 +509,8 @@ def _chunked_bwd(static, res, cts):
                                 reverse=True)
     dX_scan = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), dX_scan)
     dX = jax.tree.map(lambda a, b: a + b, dX_out, dX_scan)
-    dq, dk, dv, dg, dbeta = prep_vjp(dX)
-    return dq, dk, dv, dg, dbeta, None, dS0
+    dq, dk, dv, dg, dbeta, dR = prep_vjp(dX)
+    return dq, dk, dv, dg, dbeta, None, dS0, dR
 
 
 _chunked_core.defvjp(_chunked_fwd, _chunked_bwd)

@@ -13,8 +13,18 @@ from jaxrnn.zoo.mingru import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMPara
 from jaxrnn.zoo.lru import LRUCell, LRUParams, LRUState, lru
 from jaxrnn.zoo.mamba2 import Mamba2Cell, Mamba2Params, Mamba2State, mamba2
 from jaxrnn.zoo.mlstm import MLSTMCell, MLSTMParams, MLSTMState, mlstm
+from jaxrnn.zoo.deltanet import GatedDeltaNetCell, GatedDeltaNetParams, MatrixCellState, deltanet, gated_deltanet
+from jaxrnn.zoo.gla import GLACell, GLAParams, gla
 
 __all__ = [
+    "GLACell",
+    "GLAParams",
+    "GatedDeltaNetCell",
+    "GatedDeltaNetParams",
+    "MatrixCellState",
+    "deltanet",
+    "gated_deltanet",
+    "gla",
     "MLSTMCell",
     "MLSTMParams",
     "MLSTMState",
