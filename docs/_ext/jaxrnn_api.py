@@ -34,7 +34,7 @@ TOP_LEVEL_SECTIONS = [
                   "restore_checkpoint"]),
     ("Weights in and out", ["from_torch", "to_torch", "to_torch_state_dict", "TorchRNN", "from_keras", "to_keras",
                             "KerasRNN", "from_flax", "to_flax_linen", "to_flax_nnx"]),
-    ("Subpackages", ["zoo", "train", "distributed", "parallel", "nnx", "linen"]),
+    ("Subpackages", ["zoo", "train", "rl", "distributed", "parallel", "nnx", "linen"]),
 ]
 
 
