@@ -11,6 +11,9 @@ from jaxrnn.zoo.convlstm import ConvLSTMCell, ConvLSTMParams, conv_lstm
 from jaxrnn.zoo.gru_original import OriginalGRUCell, OriginalGRUParams, gru_original
 from jaxrnn.zoo.mingru import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
 from jaxrnn.zoo.lru import LRUCell, LRUParams, LRUState, lru
+from jaxrnn.zoo.rglru import RGLRUCell, RGLRUParams, RGLRUState, rglru
+from jaxrnn.zoo.s6 import S6Cell, S6Params, S6State, s6
+from jaxrnn.zoo.slstm import SLSTMCell, SLSTMParams, SLSTMState, slstm
 from jaxrnn.zoo.mamba2 import Mamba2Cell, Mamba2Params, Mamba2State, mamba2
 from jaxrnn.zoo.mlstm import MLSTMCell, MLSTMParams, MLSTMState, mlstm
 from jaxrnn.zoo.deltanet import GatedDeltaNetCell, GatedDeltaNetParams, MatrixCellState, deltanet, gated_deltanet
@@ -58,4 +61,16 @@ __all__ = [
     "min_gru",
     "min_lstm",
     "peephole_lstm",
+    "RGLRUCell",
+    "RGLRUParams",
+    "RGLRUState",
+    "rglru",
+    "S6Cell",
+    "S6Params",
+    "S6State",
+    "s6",
+    "SLSTMCell",
+    "SLSTMParams",
+    "SLSTMState",
+    "slstm",
 ]

@@ -1,0 +1,234 @@
+"""jaxrnn against memax (the closest JAX peer) on the cells both have: LRU, S6, GRU, LSTM.
+
+Every method runs on the same inputs ``[B, T, H]`` (input and output width ``H``) in one
+process; fwd+bwd is the gradient of ``mean(y**2)`` with respect to the parameters and the
+inputs. Each method is compiled first (compile seconds and the compiled program's
+temporary memory, ``memory_analysis().temp_size_in_bytes``, recorded), then all are timed
+in interleaved rounds (median of the rounds, ms).
+
+memax (``memax.equinox``) runs one sequence per call, so it is ``vmap``-ed over the batch,
+with all start flags False (no resets), its own initial state, and its own scan:
+``semigroup_scan`` (a ``jax.lax.associative_scan``) for LRU and S6, ``set_action_scan``
+(a ``lax.scan``) for GRU and LSTM. The cells are not all the same model:
+
+* LRU: the same equations and parametrisation (Orvieto et al.) on both sides.
+* S6: memax's ``S6`` is a diagonal recurrence of size ``H`` with an input-dependent step
+  (after minimal-S6): no ``N``-wide state per channel, no convolution, no gate, no
+  projections; jaxrnn's ``s6`` is Mamba's mixer (state ``[2H, 16]``, conv, gate, in/out
+  projections). Two jaxrnn rows: Mamba's defaults, and the smallest mixer
+  (``state_size=1, expand=1, conv_size=1``), the closest jaxrnn has to memax's.
+* GRU: memax's is the original GRU (``U_h (r ⊙ h)``), which is ``jaxrnn.zoo.gru_original``;
+  the ``jaxrnn.gru`` (PyTorch's variant) row is given beside it.
+* LSTM: memax's reads out ``h = o ⊙ c`` (no ``tanh``); ``jaxrnn.lstm`` is PyTorch's.
+
+A second section measures the compiled fwd+bwd memory of jaxrnn's ``s6`` parallel form
+against ``T`` (chunks of 64 steps), beside the same code with one chunk of ``T`` steps,
+which holds every ``[T, B, E, N]`` state.
+
+Usage::
+
+    python benchmarks/memax_cells.py            # B=16, T=256, H=64, 5 rounds
+    python benchmarks/memax_cells.py --quick    # 2 rounds, no memory sweep
+
+Writes ``benchmarks/results/memax_cells_<device>.{json,md}`` (``--no-save``: nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxrnn
+from jaxrnn.zoo.gru_original import gru_original
+from jaxrnn.zoo.lru import lru
+from jaxrnn.zoo.s6 import s6
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import device_info, device_slug, format_table, write_json  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def _jaxrnn_case(cell, key, xs, mode="sequential"):
+    params = cell.init(key, xs.shape[-1])
+
+    def loss(params, xs):
+        _, ys = jaxrnn.unroll(cell, params, None, xs, mode=mode)
+        return jnp.mean(ys.astype(jnp.float32) ** 2)
+
+    return jax.value_and_grad(loss, argnums=(0, 1)), (params, xs)
+
+
+def _memax_case(module, xs):
+    import equinox as eqx
+
+    start = jnp.zeros(xs.shape[:2], bool)
+    params, static = eqx.partition(module, eqx.is_inexact_array)
+
+    def loss(params, xs):
+        m = eqx.combine(params, static)
+        h0 = m.initialize_carry()
+        _, ys = jax.vmap(lambda x, s: m(h0, (x, s)))(xs, start)
+        return jnp.mean(ys.astype(jnp.float32) ** 2)
+
+    return jax.value_and_grad(loss, argnums=(0, 1)), (params, xs)
+
+
+def cases(B, T, H, N_lru):
+    """``(cell, library, label, fn, args)`` for every method."""
+    from memax.equinox.semigroups.lru import LRU
+    from memax.equinox.semigroups.s6 import S6
+    from memax.equinox.set_actions.gru import GRU
+    from memax.equinox.set_actions.lstm import LSTM
+
+    key = jax.random.key(0)
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((B, T, H)), jnp.float32)
+    out = [
+        ("LRU", "memax", f"LRU(N={N_lru}), associative_scan", *_memax_case(LRU(N_lru, H, key=key), xs)),
+        ("LRU", "jaxrnn", f"lru(N={N_lru}), sequential", *_jaxrnn_case(lru(H, N_lru), key, xs)),
+        ("LRU", "jaxrnn", f"lru(N={N_lru}), associative", *_jaxrnn_case(lru(H, N_lru), key, xs, "associative")),
+        ("S6", "memax", f"S6(state [{H}]), associative_scan", *_memax_case(S6(H, H, key=key), xs)),
+        ("S6", "jaxrnn", f"s6 Mamba (state [{2 * H}, 16]), chunked",
+         *_jaxrnn_case(s6(H), key, xs, "chunked")),
+        ("S6", "jaxrnn", f"s6 Mamba (state [{2 * H}, 16]), sequential", *_jaxrnn_case(s6(H), key, xs)),
+        ("S6", "jaxrnn", f"s6 N=1 expand=1 conv=1 (state [{H}, 1]), chunked",
+         *_jaxrnn_case(s6(H, state_size=1, expand=1, conv_size=1), key, xs, "chunked")),
+        ("GRU", "memax", "GRU (original), lax.scan", *_memax_case(GRU(H, key=key), xs)),
+        ("GRU", "jaxrnn", "zoo.gru_original", *_jaxrnn_case(gru_original(H), key, xs)),
+        ("GRU", "jaxrnn", "gru (PyTorch's)", *_jaxrnn_case(jaxrnn.gru(H), key, xs)),
+        ("LSTM", "memax", "LSTM (h = o*c), lax.scan", *_memax_case(LSTM(H, key=key), xs)),
+        ("LSTM", "jaxrnn", "lstm (PyTorch's)", *_jaxrnn_case(jaxrnn.lstm(H), key, xs)),
+    ]
+    return out
+
+
+def run_cells(B, T, H, N_lru, rounds):
+    records, compiled = [], []
+    for cell, lib, label, fn, args in cases(B, T, H, N_lru):
+        t0 = time.perf_counter()
+        exe = jax.jit(fn).lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        mem = exe.memory_analysis()
+        jax.block_until_ready(exe(*args))
+        compiled.append((exe, args))
+        records.append(dict(section="cells", cell=cell, library=lib, method=label, B=B, T=T, H=H,
+                            compile_s=compile_s, temp_mib=None if mem is None else mem.temp_size_in_bytes / 2 ** 20,
+                            times_ms=[]))
+        print(f"compiled {lib:6s} {label}: {compile_s:.1f} s", flush=True)
+    for _ in range(rounds):  # interleaved: every method once per round
+        for rec, (exe, args) in zip(records, compiled):
+            t0 = time.perf_counter()
+            jax.block_until_ready(exe(*args))
+            rec["times_ms"].append(1e3 * (time.perf_counter() - t0))
+    for rec in records:
+        rec["fwd_bwd_ms"] = statistics.median(rec["times_ms"])
+    for cell in dict.fromkeys(r["cell"] for r in records):
+        peer = next(r for r in records if r["cell"] == cell and r["library"] == "memax")
+        for r in records:
+            if r["cell"] == cell:
+                r["time_vs_memax"] = r["fwd_bwd_ms"] / peer["fwd_bwd_ms"]
+                if r["temp_mib"] is not None and peer["temp_mib"]:
+                    r["memory_vs_memax"] = r["temp_mib"] / peer["temp_mib"]
+    return records
+
+
+def run_s6_memory(Ts, B, H, N, chunk):
+    """Compiled fwd+bwd temporary memory of ``s6`` against ``T``: chunks of ``chunk`` steps
+    and, for contrast, one chunk of ``T`` steps (all states held)."""
+    records = []
+    for T in Ts:
+        for label, K in (("chunked", chunk), ("one chunk of T (all states)", T)):
+            cell = s6(H, state_size=N, chunk_size=K)
+            params = jax.eval_shape(lambda: cell.init(jax.random.key(0), H))
+            xs = jax.ShapeDtypeStruct((B, T, H), jnp.float32)
+
+            def loss(p, xs):
+                _, ys = jaxrnn.unroll(cell, p, None, xs, mode="chunked")
+                return jnp.mean(ys ** 2)
+
+            mem = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile().memory_analysis()
+            temp = None if mem is None else mem.temp_size_in_bytes
+            records.append(dict(section="s6_memory", method=label, B=B, T=T, H=H, E=2 * H, N=N, chunk=K,
+                                temp_mib=None if temp is None else temp / 2 ** 20,
+                                all_states_mib=T * B * 2 * H * N * 4 / 2 ** 20))
+            print(f"s6 memory T={T} {label}: {records[-1]['temp_mib']:.1f} MiB", flush=True)
+    return records
+
+
+def markdown(records, env, config) -> str:
+    cells = [r for r in records if r["section"] == "cells"]
+    mem = [r for r in records if r["section"] == "s6_memory"]
+    lines = [f"# jaxrnn vs memax, fwd+bwd (B={config['B']}, T={config['T']}, H={config['H']})", "",
+             f"{env['machine']}; jax {env['jax']}, memax {env['memax']}, equinox {env['equinox']}; "
+             f"float32; median of {config['rounds']} interleaved rounds. The machine was shared with other "
+             "jobs while this ran: expect 10-30% noise in times.", "",
+             "| cell | library | method | fwd+bwd ms | / memax | compile s | temp MiB | / memax |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in cells:
+        ratio = "" if r["library"] == "memax" else f"{r['time_vs_memax']:.2f}"
+        mratio = "" if r["library"] == "memax" or r.get("memory_vs_memax") is None else f"{r['memory_vs_memax']:.2f}"
+        lines.append(f"| {r['cell']} | {r['library']} | {r['method']} | {r['fwd_bwd_ms']:.1f} | {ratio} | "
+                     f"{r['compile_s']:.1f} | {r['temp_mib']:.1f} | {mratio} |")
+    if mem:
+        lines += ["", f"## s6: compiled fwd+bwd temporary memory against T (B={mem[0]['B']}, M={mem[0]['H']}, "
+                      f"E={mem[0]['E']}, N={mem[0]['N']})", "",
+                  "| T | chunks of 64: temp MiB | one chunk of T: temp MiB | all [T, B, E, N] states MiB |",
+                  "|---|---|---|---|"]
+        for T in dict.fromkeys(r["T"] for r in mem):
+            a = next(r for r in mem if r["T"] == T and r["method"] == "chunked")
+            b = next(r for r in mem if r["T"] == T and r["method"] != "chunked")
+            lines.append(f"| {T} | {a['temp_mib']:.1f} | {b['temp_mib']:.1f} | {a['all_states_mib']:.1f} |")
+        Ts = sorted(dict.fromkeys(r["T"] for r in mem))
+        a0, a1 = (next(r for r in mem if r["T"] == T and r["method"] == "chunked")["temp_mib"] for T in (Ts[0], Ts[-1]))
+        slope = (a1 - a0) * 2 ** 20 / (Ts[-1] - Ts[0])
+        per_state = mem[0]["B"] * mem[0]["E"] * mem[0]["N"] * 4
+        lines += ["", f"Chunked: {slope:.0f} bytes per added step, against {per_state} bytes per step for the "
+                      f"[T, B, E, N] states ({slope / per_state:.2f}x)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--T", type=int, default=256)
+    ap.add_argument("--H", type=int, default=64)
+    ap.add_argument("--N-lru", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    rounds = 2 if args.quick else args.rounds
+    import equinox
+    import memax  # noqa: F401
+    from importlib.metadata import version
+
+    env = device_info()
+    try:
+        import subprocess
+
+        env["machine"] = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Model name:")[1] \
+            .splitlines()[0].strip()
+    except Exception:
+        env["machine"] = env["processor"]
+    env["memax"], env["equinox"] = version("memax"), equinox.__version__
+    records = run_cells(args.B, args.T, args.H, args.N_lru, rounds)
+    if not args.quick:
+        records += run_s6_memory((512, 1024, 2048, 4096), B=4, H=16, N=16, chunk=64)
+    config = dict(B=args.B, T=args.T, H=args.H, N_lru=args.N_lru, rounds=rounds)
+    md = markdown(records, env, config)
+    print(md)
+    if not args.no_save:
+        slug = device_slug(env)
+        write_json(RESULTS / f"memax_cells_{slug}.json", records, benchmark="memax_cells", env=env, config=config)
+        (RESULTS / f"memax_cells_{slug}.md").write_text(md)
+
+
+if __name__ == "__main__":
+    main()
