@@ -65,3 +65,36 @@ def test_unknown_attribute_is_an_attribute_error():
             print("ok")
     """)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_notebook_setup_cell_says_when_jax_fell_back_to_the_cpu(gpu):
+    """The notebooks' first cell, run as it is with JAX on the CPU: on a machine with a GPU
+    (faked: /dev/nvidia0 exists) it says plainly that JAX fell back to the CPU; on one with
+    none it says it runs on the CPU. jaxrnn is importable here, so it installs nothing."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "notebooks" / "_build.py"
+    spec = importlib.util.spec_from_file_location("_notebook_build", path)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    cell = builder.setup_cell()
+    run = _python(f"""
+        import glob, os, shutil
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        for var in ("COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"):
+            os.environ.pop(var, None)
+        gpu = {gpu!r}
+        os.path.exists = lambda p, exists=os.path.exists: gpu if p == "/dev/nvidia0" else exists(p)
+        shutil.which = lambda name, which=shutil.which: None if name == "nvidia-smi" else which(name)
+        glob.glob = lambda pattern, g=glob.glob: [] if pattern.startswith("/dev/") else g(pattern)
+        exec(compile({cell!r}, "setup_cell", "exec"))
+    """)
+    assert run.returncode == 0, run.stderr
+    assert "backend: cpu" in run.stdout
+    if gpu:
+        assert "WARNING: this machine has a GPU, but JAX fell back to the CPU" in run.stdout
+    else:
+        assert "Running on the CPU (no GPU or TPU on this runtime)." in run.stdout
+        assert "WARNING" not in run.stdout

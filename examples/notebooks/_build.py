@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import re
 import sys
 import time
 
@@ -37,18 +36,34 @@ def setup_cell(force_host_devices: bool = False) -> str:
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 '''
-    return f'''# Setup. jaxrnn is installed from its repository only when it is not importable (Colab).
+    return f'''# Setup. jaxrnn is installed from its repository only when it is not importable (Colab),
+# under constraints that hold the runtime's own JAX where it is: jaxrnn runs on Colab's jax,
+# jaxlib, libtpu and flax, and upgrading them would leave a TPU runtime without its libtpu.
 # JAXRNN_REPO: the git URL of the jaxrnn repository. Replace <org> with the owner of the
 # repository you are reading this from (or set the JAXRNN_REPO environment variable).
+import glob
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 {devices}
 JAXRNN_REPO = os.environ.get("JAXRNN_REPO", "https://github.com/<org>/jaxrnn")
 try:
     import jaxrnn
 except ImportError:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"git+{{JAXRNN_REPO}}"])
+    held = []
+    for name in ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax", "optax",
+                 "orbax-checkpoint", "chex", "numpy"):
+        try:
+            held.append(f"{{name}}=={{importlib.metadata.version(name)}}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
+        constraints.write("\\n".join(held))
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-c", constraints.name,
+                           f"git+{{JAXRNN_REPO}}"])
     import jaxrnn
 
 import jax
@@ -57,7 +72,20 @@ import jax
 SMALL = os.environ.get("JAXRNN_NOTEBOOK_SMALL", "0") == "1"
 print(f"jaxrnn {{jaxrnn.__version__}}, jax {{jax.__version__}}, backend: {{jax.default_backend()}}"
       f"{{' (small sizes)' if SMALL else ''}}")
-print(jax.devices())'''
+print(jax.devices())
+# Which accelerator this machine has, whatever JAX found: JAX falls back to the CPU quietly
+# (one log line) when its GPU or TPU support does not match the runtime.
+accelerator = ("GPU" if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") else
+               "TPU" if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*")
+               or os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_ACCELERATOR_TYPE") else None)
+if jax.default_backend() != "cpu":
+    print(f"Running on {{jax.device_count()}} {{jax.devices()[0].device_kind}} device(s).")
+elif accelerator:
+    print(f"WARNING: this machine has a {{accelerator}}, but JAX fell back to the CPU: everything below "
+          f"runs on the CPU. Restart the runtime (Runtime > Restart session); if JAX still finds no "
+          f"{{accelerator}}, its jax/jaxlib do not match this runtime.")
+else:
+    print("Running on the CPU (no GPU or TPU on this runtime).")'''
 
 
 # =============================================================================== quickstart
