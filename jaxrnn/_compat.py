@@ -4,9 +4,13 @@ One room for every version shim, so that the rest of the library reads one API:
 
 * the jaxpr internals behind automatic hoisting (:mod:`jaxrnn.hoist`): literals and dropped
   variables, binding one equation again (``Primitive.get_bind_params`` returns
-  ``(subfuns, params)`` up to jax 0.8 and ``params`` after; the equation's context, ``eqn.ctx``,
+  ``(subfuns, params)`` in jax 0.7 and ``params`` in jax 0.10; the equation's context, ``eqn.ctx``,
   re-entered around the bind), and the jaxprs an equation's params hold;
-* :func:`require_bf16_dot_on_cpu`: the one capability that is truly missing from old versions.
+* ``jax_version`` / ``jaxlib_version``: the versions in use, as tuples of ints.
+
+No capability jaxrnn uses is missing from jax 0.7.2: the bfloat16 products on XLA:CPU reported
+failing on jaxlib 0.8.1 compile and run on 0.7.2 (tests/test_cells.py's bfloat16 grid passes
+there), so no version check guards them.
 
 Each shim gives the same result on every version; nothing here changes a number.
 """
@@ -29,7 +33,7 @@ except ImportError:  # jax 0.7: still public in jax.core
     from jax.core import DropVar
 
 __all__ = ["DropVar", "Literal", "bind_equation", "equation_context", "is_drop", "is_literal",
-           "jax_version", "jaxlib_version", "require_bf16_dot_on_cpu", "subjaxprs"]
+           "jax_version", "jaxlib_version", "subjaxprs"]
 
 
 def _version_tuple(text: str) -> tuple:
@@ -92,27 +96,3 @@ def _jaxprs_in_params(params):
                 yield x
             elif hasattr(getattr(x, "jaxpr", None), "eqns"):
                 yield x.jaxpr
-
-
-# ---------------------------------------------------------------------------- capabilities
-#: The first jaxlib whose XLA:CPU compiles every bfloat16 product the cells use.
-BF16_DOT_ON_CPU = (0, 10, 1)
-
-
-def require_bf16_dot_on_cpu(dtype, what: str = "this computation") -> None:
-    """Raises where ``dtype`` is bfloat16, the backend is the CPU and jaxlib predates
-    :data:`BF16_DOT_ON_CPU` (XLA:CPU failed there with "unsupported operand type BF16 in op
-    dot"): an error naming the version needed, instead of a failure deep in XLA.
-
-    Raises:
-      NotImplementedError: naming the jaxlib version needed and the one installed.
-    """
-    if jaxlib_version >= BF16_DOT_ON_CPU or jax.numpy.dtype(dtype) != jax.numpy.bfloat16:
-        return
-    if jax.default_backend() != "cpu":
-        return
-    need = ".".join(map(str, BF16_DOT_ON_CPU))
-    have = ".".join(map(str, jaxlib_version))
-    raise NotImplementedError(
-        f"{what} in bfloat16 on the CPU needs jaxlib >= {need} (XLA:CPU has no bfloat16 product "
-        f"before); jaxlib {have} is installed. Upgrade jaxlib, or compute in float32.")
