@@ -224,6 +224,7 @@ def single_host_results():
     return _result("single")
 
 
+@pytest.mark.slow  # three child processes compile the step on 8, 1 and 2x4 devices
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_step_on_8_devices_equals_1_device(name):
     out = single_host_results()
@@ -237,11 +238,13 @@ def test_step_on_8_devices_equals_1_device(name):
     assert r["loss_diff"] <= TOL and r["grad_diff"] <= TOL and r["param_diff"] <= TOL, r
 
 
+@pytest.mark.slow  # reads the child processes' results
 def test_replicate_never_aliases_its_input():
     # A donating train step on the replicated state must leave the caller's params alive.
     assert single_host_results()["replicate_aliases"] is False
 
 
+@pytest.mark.slow  # reads the child processes' results
 def test_non_divisible_batch_raises_clear_error():
     msg = single_host_results()["error"]
     assert msg is not None
@@ -249,6 +252,7 @@ def test_non_divisible_batch_raises_clear_error():
     assert "13" in msg and "8 devices" in msg and "pad_batch" in msg
 
 
+@pytest.mark.slow  # reads the child processes' results
 def test_pad_and_weights_give_the_unpadded_gradient():
     r = single_host_results()["pad"]
     assert r["rows"] == 16 and r["weight_sum"] == 13.0
@@ -256,6 +260,7 @@ def test_pad_and_weights_give_the_unpadded_gradient():
     assert r["unweighted_grad_diff"] > 1e-3
 
 
+@pytest.mark.slow  # the same child processes
 def test_multi_host_two_processes():
     """Two processes with 4 CPU devices each, one 8-device mesh: each passes its local batch."""
     outs = [_result("multi0"), _result("multi1")]
