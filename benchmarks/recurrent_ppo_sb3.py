@@ -110,29 +110,33 @@ def run_seed(seed, total_timesteps, n_eval_episodes):
                             eval_returns=[float(r) for r in returns], train_curve=curve)
 
 
-def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESULTS,
-                  note=""):
+def header(note=""):
+    """The JSON's header: task, settings, machine, versions."""
     import gymnasium
     import sb3_contrib
     import stable_baselines3
     import torch
 
+    return dict(
+        task="CartPoleNoVel-v1 (gymnasium CartPole-v1, obs[1]=obs[3]=0)",
+        settings="RL Zoo ppo_lstm: 8 envs x 32 steps, batch 256, 20 epochs, gamma 0.98, "
+                 "lambda 0.8, lr lin 1e-3, clip lin 0.2, ent 0, vf 0.5, max_grad_norm 0.5, "
+                 "VecNormalize(obs, reward, gamma 0.98), LSTM 64 actor + LSTM 64 critic, "
+                 "pi=[64], vf=[64], ReLU, ortho_init=False",
+        machine=_machine(), torch_threads=1,
+        versions=dict(sb3_contrib=sb3_contrib.__version__, stable_baselines3=stable_baselines3.__version__,
+                      gymnasium=gymnasium.__version__, torch=torch.__version__,
+                      python=platform.python_version()),
+        note=note, runs=[])
+
+
+def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESULTS,
+         note=""):
     if os.path.exists(out):
         with open(out) as f:
             record = json.load(f)
     else:
-        record = dict(
-                task="CartPoleNoVel-v1 (gymnasium CartPole-v1, obs[1]=obs[3]=0)",
-                settings="RL Zoo ppo_lstm: 8 envs x 32 steps, batch 256, 20 epochs, gamma 0.98, "
-                                  "lambda 0.8, lr lin 1e-3, clip lin 0.2, ent 0, vf 0.5, max_grad_norm 0.5, "
-                                  "VecNormalize(obs, reward, gamma 0.98), LSTM 64 actor + LSTM 64 critic, "
-                                  "pi=[64], vf=[64], ReLU, ortho_init=False",
-                machine=_machine(), torch_threads=1,
-                versions=dict(sb3_contrib=sb3_contrib.__version__,
-                                            stable_baselines3=stable_baselines3.__version__,
-                                            gymnasium=gymnasium.__version__, torch=torch.__version__,
-                                            python=platform.python_version()),
-                note=note, runs=[])
+        record = header(note)
     for seed in seeds:
         print(f"sb3-contrib RecurrentPPO seed {seed}: training {total_timesteps} steps", flush=True)
         r = run_seed(seed, total_timesteps, n_eval_episodes)
@@ -170,6 +174,9 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None):
             "| library | seed | env steps | time to 100k steps (wall, s) | CPU time (s) | final deterministic return |",
             "|---|---|---|---|---|---|",
     ]
+    for r in sb3.get("unfinished", []):
+        lines.append(f"| sb3-contrib | {r['seed']} | not finished at the deadline | > {r['wall_s_so_far']} "
+                     f"(still running) | > {r['cpu_s_so_far']} | n/a |")
     for r in sb3["runs"]:
         lines.append(f"| sb3-contrib | {r['seed']} | {r['env_steps']} | {r['train_wall_s']:.0f} | "
                                   f"{r.get('train_cpu_s', float('nan')):.0f} | {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} |")
