@@ -143,6 +143,7 @@ def test_layer_against_float64_loop(mode):
 
 def _load(relpath: str):
     mk = pytest.importorskip("mlstm_kernels")
+    pytest.importorskip("einops")  # imported by the chunkwise file
     path = pathlib.Path(mk.__file__).parent / relpath
     if not path.exists():
         pytest.skip(f"mlstm-kernels has no {relpath}")
