@@ -1,5 +1,5 @@
-"""Weights in and out of Keras 3 ``SimpleRNN``, ``GRU``, ``LSTM``, ``Bidirectional`` and a
-``Sequential`` stack of them.
+"""Weights in and out of Keras 3 ``SimpleRNN``, ``GRU``, ``LSTM``, ``Bidirectional``, a
+``Sequential`` stack of them, and functional ``keras.Model(inputs, outputs)`` graphs of them.
 
 Keras is imported lazily, only by :func:`from_keras` and :func:`to_keras`; jaxrnn never
 depends on it. Reading weights works with any Keras backend::
@@ -15,6 +15,19 @@ the final state of every recurrent layer (a tuple, one entry per layer: an array
 :class:`jaxrnn.LSTMState` ``(h, c)`` for an LSTM, a :class:`jaxrnn.Bidirectional` pair for a
 ``Bidirectional`` layer), which Keras returns with ``return_state=True``. ``h=None`` starts
 from zeros, as Keras does; otherwise pass the same structure (Keras' ``initial_state``).
+
+**Functional models** become a :class:`KerasGraph` with a dict ``{layer name: params}``::
+
+    net, params = jaxrnn.interop.keras.from_keras(model)  # keras.Model(inputs, outputs)
+    h, outputs = net(params, None, inputs)                # outputs == model(inputs)
+
+``inputs`` as Keras takes them (one array, or a list in ``model.inputs`` order, or a dict by
+Input name), ``outputs`` as Keras returns them, ``h`` one state per recurrent layer call.
+The graph is read from Keras' own nodes (each layer call and its arguments): Input ->
+Masking / Embedding -> recurrent layers -> Dropout -> Dense, ``return_state`` outputs fed to
+``initial_state=``, masks and states given as inputs (``layer(x, mask=m)``), shared layers.
+Masks follow Keras: an implicit mask reaches a recurrent layer only when it is called on the
+sequence alone (not with ``initial_state=``). Any other layer or op raises, naming it.
 
 **Layouts** (``H`` the units, ``I`` the input size). Keras stores ``x @ kernel`` weights,
 jaxrnn (PyTorch) ``W @ x`` weights, so every kernel is transposed, and the gates are
@@ -505,22 +518,30 @@ def _dropout_rate(layer) -> float:
 
 
 def from_keras(layer_or_model):
-    """Converts a Keras 3 recurrent layer or ``Sequential`` to ``(net, params)``.
+    """Converts a Keras 3 recurrent layer, ``Sequential`` or functional model to ``(net, params)``.
 
     Args:
       layer_or_model: a built ``keras.layers.SimpleRNN``, ``GRU``, ``LSTM`` or
         ``Bidirectional`` of one of them, or a built ``keras.Sequential`` of: optionally an
         ``Embedding`` or a ``Masking`` layer, then one or more of those recurrent layers
         (``Dropout`` layers anywhere between are identities at inference), then optionally
-        one ``Dense``.
+        one ``Dense``; or a functional ``keras.Model(inputs, outputs)`` whose layers are
+        ``Embedding``, ``Masking``, those recurrent layers, ``Dropout`` and ``Dense``,
+        wired in any way (``return_state`` outputs as another layer's ``initial_state=``,
+        masks and states as inputs, shared layers).
 
     Returns:
-      ``(net, params)``: a :class:`KerasRNN` and float32 :class:`KerasParams`; ``net(params,
-      None, xs)[1]`` is the model's output for ``xs`` (see the module docstring).
+      ``(net, params)``: for a layer or a Sequential a :class:`KerasRNN` and float32
+      :class:`KerasParams`, ``net(params, None, xs)[1]`` being the model's output for
+      ``xs``; for a functional model a :class:`KerasGraph` and a dict ``{layer name:
+      params}``, ``net(params, None, inputs)[1]`` being the model's outputs for ``inputs``
+      (see the module docstring).
 
     Raises:
-      ValueError: for a configuration with no exact jaxrnn counterpart, naming the option.
-      TypeError: for something that is neither a Sequential nor a supported layer.
+      ValueError: for a configuration with no exact jaxrnn counterpart, naming the option,
+        and for any other layer or op in a functional model, naming it.
+      TypeError: for something that is neither a Sequential, a functional model nor a
+        supported layer (a subclassed ``keras.Model`` has no graph to read).
     """
     keras = _import_keras()
     if isinstance(layer_or_model, keras.Sequential):
@@ -647,10 +668,12 @@ def _from_jaxrnn(net, params):
 
 
 def to_keras(net, params, *, time_steps: Optional[int] = None):
-    """Builds the equivalent ``keras.Sequential`` with these weights loaded.
+    """Builds the equivalent ``keras.Sequential`` (or functional ``keras.Model``) with these
+    weights loaded.
 
     Args:
-      net, params: from :func:`from_keras` (or a :class:`KerasRNN` built by hand); or a
+      net, params: from :func:`from_keras` (a :class:`KerasRNN`, or a :class:`KerasGraph`,
+        rebuilt as a functional model with the same layer names, wiring and outputs); or a
         jaxrnn cell (``rnn``, ``gru``, ``lstm`` without ``proj_size``,
         ``zoo.gru_original``) or a :func:`jaxrnn.stack` of them (bidirectional or not,
         with or without its linear head) and its params, whose Keras model then returns
@@ -658,10 +681,12 @@ def to_keras(net, params, *, time_steps: Optional[int] = None):
         bidirectional layer as ``Bidirectional(..., merge_mode="concat")``. A stack's
         dropout acts in training only, and is not carried over.
       time_steps: the fixed sequence length of the model's ``keras.Input``; needed by Keras
-        for layers with ``unroll=True``, None otherwise.
+        for layers with ``unroll=True``, None otherwise (a :class:`KerasGraph` keeps its
+        Inputs' shapes).
 
     Returns:
-      A built ``keras.Sequential`` whose output is ``net(params, None, xs)[1]``.
+      A built ``keras.Sequential`` (a ``keras.Model`` for a :class:`KerasGraph`) whose
+      output is ``net(params, None, xs)[1]``.
 
     Raises:
       TypeError: ``net`` is none of the above.
