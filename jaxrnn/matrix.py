@@ -408,6 +408,45 @@ def _blockdiag(diag, lead, n_s: int, s: int):
     return full.reshape(lead + (n_s * s, n_s * s))
 
 
+def _forward_substitution(A, R):
+    """``X`` with ``(I + A) X = R``, ``A [..., K, K]`` strictly lower triangular, by rows."""
+    K = A.shape[-1]
+
+    def body(X, i):
+        x_i = jnp.take(R, i, axis=-2) - jnp.einsum("...k,...km->...m", jnp.take(A, i, axis=-2), X)
+        return jax.lax.dynamic_update_index_in_dim(X, x_i, i, axis=X.ndim - 2), None
+
+    X, _ = jax.lax.scan(body, jnp.zeros_like(R), jnp.arange(K), unroll=8)
+    return X
+
+
+@jax.custom_vjp
+def _unit_lower_solve(A, R):
+    """The exact solve of ``(I + A) X = R`` (``A`` strictly lower triangular) by forward
+    substitution: ``O(K² m)`` work per matrix. (XLA:CPU's batched ``triangular_solve`` took
+    ~0.85 s for 16 systems of 64×64 here, far slower than this.) Its VJP is the transposed
+    solve, ``dR = (I + A)⁻ᵀ dX``, ``dA = -tril(dR Xᵀ)``."""
+    return _forward_substitution(A, R)
+
+
+def _unit_lower_solve_fwd(A, R):
+    X = _forward_substitution(A, R)
+    return X, (A, X)
+
+
+def _unit_lower_solve_bwd(res, dX):
+    A, X = res
+    At = jnp.swapaxes(A, -1, -2)
+    dR = jnp.flip(_forward_substitution(jnp.flip(At, axis=(-2, -1)), jnp.flip(dX, axis=-2)), axis=-2)
+    K = A.shape[-1]
+    strict = jnp.tril(jnp.ones((K, K), bool), -1)
+    dA = jnp.where(strict, -jnp.einsum("...tm,...jm->...tj", dR, X), 0.0)
+    return dA, dR
+
+
+_unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
+
+
 def _prep(static, q, k, v, g, beta, seg, R):
     """Everything the chunks need that does not depend on the state entering them, all
     chunks at once. Shapes ``[N, n_c, K, ...]``; ``R`` the reset state ``[N, d_k, d_v]``."""
@@ -431,12 +470,12 @@ def _prep(static, q, k, v, g, beta, seg, R):
     X = dict(k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
     if delta:
         b = beta[..., None]
-        L = jnp.eye(K, dtype=k.dtype) + b * _pair(k, k, gc, same, strict=True)
+        A = b * _pair(k, k, gc, same, strict=True)
         parts = [b * v, b * jnp.where(first, k * rel, 0.0)]
         if has_R:
             parts.append(b * jnp.where(first, 0.0, k * rel))
         sizes = np.cumsum([p.shape[-1] for p in parts])[:-1]
-        sol = jax.scipy.linalg.solve_triangular(L, jnp.concatenate(parts, axis=-1), lower=True, unit_diagonal=True)
+        sol = _unit_lower_solve(A, jnp.concatenate(parts, axis=-1))
         sol = jnp.split(sol, sizes, axis=-1)
         u, w = sol[0], sol[1]
         if has_R:
