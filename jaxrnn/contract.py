@@ -23,6 +23,14 @@ runs, correctly, on the generic path):
 * ``parallel_unroll(...)``: evaluation in parallel over time, for ``unroll(..., mode=
   "associative" | "chunked")`` (cells whose recurrence is linear in ``h``);
 * ``fused = True``: the built-in cells' fused path with its custom VJP (:mod:`jaxrnn.fused`).
+
+``step`` is the source of truth. An optional method is used only where it is defined at
+the class that defines ``step`` or below it (:func:`uses`): a subclass that overrides
+``step`` alone runs its own ``step`` on the generic path, never the ``project``/``update``
+pair, the parallel form, the Jacobian diagonal or the fused kernel it inherited. The fused
+path needs more: the class itself must declare ``fused = True`` in its own body, so a
+subclass that changes any equation of a built-in cell without vouching for the fused
+kernel again runs on the generic path (:func:`fused`).
 """
 
 from __future__ import annotations
@@ -99,6 +107,41 @@ def as_cell(cell, name: str = "cell"):
         f"`{name}` must be a cell: a function step(params, h, x) -> (h, y), or an object with a "
         f"`step` method (jaxrnn.rnn/gru/lstm, a jaxrnn.zoo cell, your own); got {type(cell).__name__}."
     )
+
+
+def _definer(cls: type, name: str):
+    """The class of ``cls``'s MRO whose body defines ``name``, or None."""
+    for k in cls.__mro__:
+        if name in vars(k):
+            return k
+    return None
+
+
+def uses(cell, *methods: str) -> bool:
+    """Whether ``cell``'s optional ``methods`` may stand in for its ``step``: each exists,
+    and is defined at the class that defines ``step`` or at a subclass of it (or, for a
+    cell whose methods are all instance attributes, nowhere in its class). A subclass
+    that overrides ``step`` but not ``update`` gets False: its ``step`` is what counts."""
+    if not all(callable(getattr(cell, m, None)) for m in methods):
+        return False
+    cls = type(cell)
+    owner = _definer(cls, "step")
+    for m in methods:
+        d = _definer(cls, m)
+        if owner is None or d is None:
+            if owner is not d:
+                return False
+        elif not issubclass(d, owner):
+            return False
+    return True
+
+
+def fused(cell) -> bool:
+    """Whether ``cell`` runs on the built-in cells' fused path (:mod:`jaxrnn.fused`): its
+    own class, not an ancestor, declares ``fused = True``. The fused kernel computes the
+    built-in equations from the cell's ``pointwise``/``pointwise_bwd``, not from ``step``,
+    so a subclass must vouch for it again after changing any of them."""
+    return vars(type(cell)).get("fused", False) is True
 
 
 def missing(cell, methods: Sequence[str]) -> list:

@@ -99,19 +99,30 @@ def _layer(static, params, carry, xs_TNI, lengths, flags, reset):
 
 
 def _seq_matmul(x_TNK, w, compute_dtype):
-    """``x @ w.T`` for every step at once, as one 2-D matrix product: ``[T, N, K] -> [T, N, G]``."""
-    T, N, K = x_TNK.shape
+    """``x @ w.T`` for every step at once: ``[T, N, K] -> [T, N, G]``.
+
+    One ``dot_general`` over the last axis, with time and batch kept as two axes of their
+    own: reshaping to ``[T*N, K]`` would merge time with a batch axis sharded over devices,
+    and GSPMD would then gather the whole batch on every device."""
     cd, acc = operand_dtypes(x_TNK.dtype, w.dtype, compute_dtype)
-    y = jnp.dot(x_TNK.reshape(T * N, K).astype(cd), w.T.astype(cd), preferred_element_type=acc)
-    return y.reshape(T, N, w.shape[0])
+    return jax.lax.dot_general(x_TNK.astype(cd), w.astype(cd), (((2,), (1,)), ((), ())), preferred_element_type=acc)
 
 
-def _weight_grad(d_TNG, x_TNK, compute_dtype):
-    """``sum_{t,n} d[t,n,:]^T x[t,n,:]`` as one 2-D matrix product, ``[G, K]``."""
-    G, K = d_TNG.shape[-1], x_TNK.shape[-1]
-    M = math.prod(d_TNG.shape[:-1])
-    cd, acc = operand_dtypes(d_TNG.dtype, x_TNK.dtype, compute_dtype)
-    return jnp.dot(d_TNG.reshape(M, G).T.astype(cd), x_TNK.reshape(M, K).astype(cd), preferred_element_type=acc)
+def _weight_grad(d, x, compute_dtype, batch_major: bool):
+    """``sum_{t,n} d[t,n,:]^T x[t,n,:]``, ``[G, K]``, for ``d`` ``[T, N, G]`` and ``x``
+    ``[T, N, K]`` (``[N, T, ·]`` both with ``batch_major``).
+
+    Batch-major operands are merged to ``[N*T, ·]`` for one 2-D product: the batch axis
+    leads the merged axis, so a batch sharded over devices stays sharded (each device
+    contracts its rows; one all-reduce sums them). Time-major operands are contracted over
+    both axes as they are: merging ``[T, N]`` would put the sharded batch axis inside the
+    merged one, and GSPMD would gather the whole batch on every device."""
+    cd, acc = operand_dtypes(d.dtype, x.dtype, compute_dtype)
+    d, x = d.astype(cd), x.astype(cd)
+    if batch_major:
+        M = d.shape[0] * d.shape[1]
+        return jnp.dot(d.reshape(M, d.shape[-1]).T, x.reshape(M, x.shape[-1]), preferred_element_type=acc)
+    return jax.lax.dot_general(d, x, (((0, 1), (0, 1)), ((), ())), preferred_element_type=acc)
 
 
 def _mask(lengths, T):
@@ -348,29 +359,29 @@ def _recurrence_bwd(static, res, cts):
         # XLA would otherwise merge it with the forward pass's identical copy and keep
         # that alive through the backward loop.
         bits = jax.lax.bitcast_convert_type(xs.ravel()[0].astype(jnp.float32), jnp.int32)
-        dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd), bits).astype(w_ih.dtype)
+        dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd, False), bits).astype(w_ih.dtype)
     else:  # dgx, xs and dxs in the same layout
-        dw_ih = _weight_grad(dgx, xs, cd).astype(w_ih.dtype)
+        dw_ih = _weight_grad(dgx, xs, cd, bm_buf).astype(w_ih.dtype)
     db_x = None if b_x is None else (db_acc if in_place else dgx.sum((0, 1))).astype(b_x.dtype)
     if tail is not None and tuning.assembles_recurrent_cotangent(dgx.size * dgx.dtype.itemsize):
         da = jnp.concatenate([dgx[..., :k], jnp.swapaxes(tail, 0, 1) if bm_buf else tail], axis=-1)
     if da is None:
         # d(a) not assembled (see jaxrnn.tuning.assembles_recurrent_cotangent): its weight
         # gradient is that of d(gx) with the rows past k replaced by the tail's (time-major).
-        dw_hh = _weight_grad(dgx, jnp.swapaxes(h_prev, 0, 1) if bm_buf else h_prev, cd)
-        dw_hh = dw_hh.at[k:].set(_weight_grad(tail, h_prev, cd)).astype(w_hh.dtype)
+        dw_hh = _weight_grad(dgx, jnp.swapaxes(h_prev, 0, 1) if bm_buf else h_prev, cd, bm_buf)
+        dw_hh = dw_hh.at[k:].set(_weight_grad(tail, h_prev, cd, False)).astype(w_hh.dtype)
         db_rec = None if b_rec is None else jnp.concatenate(
             [dgx[..., :k].sum((0, 1)), tail.sum((0, 1))]).astype(b_rec.dtype)
     else:
         if bm_buf:  # h_prev is time-major, da batch-major
             h_prev = jnp.swapaxes(h_prev, 0, 1)
-        dw_hh = _weight_grad(da, h_prev, cd).astype(w_hh.dtype)
+        dw_hh = _weight_grad(da, h_prev, cd, bm_buf).astype(w_hh.dtype)
         db_rec = None if b_rec is None else da.sum((0, 1)).astype(b_rec.dtype)
     dw_hr = None
     if w_hr is not None:  # r = o * tanh(c) before the projection, for every step at once
         H = cell.hidden_size
         r = saved[0][..., 3 * H :] * jnp.tanh(rest[0])
-        dw_hr = _weight_grad(g_h, r, cd).astype(w_hr.dtype)
+        dw_hr = _weight_grad(g_h, r, cd, False).astype(w_hr.dtype)
     if d_reset is not None:
         d_reset = tuple(d.astype(r.dtype) for d, r in zip(d_reset, reset))
     return dxs, dw_ih, db_x, dw_hh, db_rec, dw_hr, d_carry0, None, None, d_reset

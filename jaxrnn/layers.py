@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxrnn import scan as _scan
 from jaxrnn.cells import _describe, check_input, state_dtype
-from jaxrnn.contract import feature_axes, missing
+from jaxrnn.contract import feature_axes, missing, uses
 
 Array = jax.Array
 
@@ -200,12 +200,15 @@ class Stack:
         resets: Optional[Array] = None,
         reset_state=None,
         key: Optional[Array] = None,
+        deterministic: Optional[bool] = None,
         time_major: bool = False,
         unroll: Optional[int] = None,
         remat: Union[bool, int] = False,
         hoist: bool = True,
+        num_feature_axes: Optional[int] = None,
         custom_vjp: bool = True,
         mode="sequential",
+        chunk_size: Optional[int] = None,
     ):
         """Runs the network over a sequence: ``(params, h, xs) -> (h, ys)``.
 
@@ -218,13 +221,35 @@ class Stack:
             direction (see :func:`jaxrnn.unroll`).
           reset_state: the state each segment starts from (a tuple like ``h``), or None
             for zeros.
-          key: PRNG key for dropout between layers; None disables dropout.
-          time_major, unroll, remat, hoist, custom_vjp, mode: as in :func:`jaxrnn.unroll`.
+          key: PRNG key for dropout between layers.
+          deterministic: whether dropout is off, as flax's ``deterministic``: True turns it
+            off even with a ``key``; False turns it on and needs a ``key``; None (default)
+            turns it on exactly when a ``key`` is given.
+          time_major, unroll, remat, hoist, num_feature_axes, custom_vjp, mode, chunk_size:
+            as in :func:`jaxrnn.unroll`, for every layer (an option that applies to no
+            layer raises, naming it).
 
         Returns:
           ``(h, ys)``: per-layer final states and the outputs of the last layer
           (after the head, if any), ``[*batch, T, output_size]``.
         """
+        mode = _scan._check_mode(mode)
+        for cell in self.cells:
+            _scan.check_options(cell, mode, unroll=unroll, remat=remat, hoist=hoist, custom_vjp=custom_vjp,
+                                chunk_size=chunk_size, num_feature_axes=num_feature_axes)
+        if num_feature_axes is not None and num_feature_axes != self.num_feature_axes:
+            raise ValueError(f"`num_feature_axes` must be {self.num_feature_axes} (or None) for this stack, "
+                             f"whose first layer is {self.cells[0]!r}; got {num_feature_axes!r}.")
+        train = _dropout_on(self.dropout, key, deterministic)
+        static = dict(reverse=False, time_major=bool(time_major), unroll=unroll, remat=remat, hoist=bool(hoist),
+                      custom_vjp=bool(custom_vjp), mode=mode, chunk_size=chunk_size, train=train)
+        xs, seq_lengths, resets = _scan._as_array(xs), _scan._as_array(seq_lengths), _scan._as_array(resets)
+        return _scan.call_compiled(_stack_impl, self, static, params, h, xs, seq_lengths, resets, reset_state,
+                                   key if train else None, custom_vjp=custom_vjp)
+
+    def _call(self, o, params, h, xs, seq_lengths, resets, reset_state, key):
+        time_major, unroll, remat, hoist = o["time_major"], o["unroll"], o["remat"], o["hoist"]
+        custom_vjp, mode, chunk_size = o["custom_vjp"], o["mode"], o["chunk_size"]
         input_size = self.check_params(params)
         F = self.num_feature_axes
         xs = check_input(xs, input_size, min_rank=F + 1, name="xs", feature_axes=F)
@@ -240,12 +265,9 @@ class Stack:
                 resets_states = self.check_state(reset_state, batch_shape, "reset_state",
                                                  dtype=state_dtype(xs, params))
         flat = lambda s: jax.tree.map(lambda a: a.reshape(xs_T.shape[1:xs_T.ndim - F] + a.shape[len(batch_shape):]), s)
-        if key is not None and self.dropout > 0:
-            keys = list(jax.random.split(key, self.num_layers))
-        else:
-            keys = None
+        keys = list(jax.random.split(key, self.num_layers)) if key is not None else None
         opts = dict(lengths=lengths, resets=resets_T, unroll=unroll, remat=remat, hoist=hoist,
-                    custom_vjp=custom_vjp, mode=mode)
+                    custom_vjp=custom_vjp, mode=mode, chunk_size=chunk_size)
         unflat = lambda s: jax.tree.map(lambda a: a.reshape(tuple(batch_shape) + a.shape[xs_T.ndim - F - 1:]), s)
         new_states, ys = [], xs_T
         for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
@@ -271,11 +293,13 @@ class Stack:
         """Feature axes of the network's input: the first layer's cell's."""
         return feature_axes(self.cells[0], None)
 
-    def step(self, params: StackParams, h, x: Array, *, key: Optional[Array] = None):
+    def step(self, params: StackParams, h, x: Array, *, key: Optional[Array] = None,
+             deterministic: Optional[bool] = None):
         """One time step through every layer, ``(params, h, x) -> (h, y)``.
 
         Only for unidirectional stacks (a backward direction needs the whole sequence).
         ``x`` is ``[*batch, input_size]``; ``y`` is the head's output if there is one.
+        ``key`` and ``deterministic`` as in :meth:`__call__`.
         """
         if self.bidirectional:
             raise ValueError("`step` needs a unidirectional stack: a backward direction needs the whole sequence.")
@@ -284,10 +308,10 @@ class Stack:
         x = check_input(x, input_size, min_rank=F, name="x", feature_axes=F)
         batch_shape = tuple(x.shape[: x.ndim - F])
         states = self.check_state(h, batch_shape, dtype=state_dtype(x, params))
-        keys = list(jax.random.split(key, self.num_layers)) if (key is not None and self.dropout > 0) else None
+        keys = list(jax.random.split(key, self.num_layers)) if _dropout_on(self.dropout, key, deterministic) else None
         new_states, y = [], x
         for l, (cell, p, s) in enumerate(zip(self.cells, params.layers, states)):
-            if hasattr(cell, "project") and hasattr(cell, "update"):
+            if uses(cell, "project", "update"):
                 s, y = cell.update(p, s, cell.project(p, y))
             else:
                 s, y = cell.step(p, s, y)
@@ -297,6 +321,21 @@ class Stack:
         if params.head is not None:
             y = dense(params.head, y)
         return tuple(new_states), y
+
+
+def _stack_impl(net, static, params, h, xs, seq_lengths, resets, reset_state, key):
+    return net._call(dict(static), params, h, xs, seq_lengths, resets, reset_state, key)
+
+
+def _dropout_on(rate, key, deterministic) -> bool:
+    """Whether dropout runs: see :meth:`Stack.__call__`'s ``deterministic``."""
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"`deterministic` must be True, False or None; got {deterministic!r}.")
+    if deterministic is False and key is None and rate > 0:
+        raise ValueError("`deterministic=False` turns dropout on, which needs a PRNG `key`; got key=None.")
+    if deterministic is True:
+        return False
+    return key is not None and rate > 0
 
 
 def _check_cell_state(cell, s, batch_shape, name, dtype):

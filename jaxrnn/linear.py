@@ -184,7 +184,17 @@ def linear_scan(
     batch_major = not time_major and len(shape) > 2
     to_tm = (lambda x: jnp.moveaxis(x, -2, 0)) if batch_major else (lambda x: x)
     b = tuple(to_tm(p.astype(dtype)) for p in b)
-    a = tuple(to_tm(jnp.broadcast_to(p.astype(dtype), shape)) for p in a)
+    # `a` constant in time (the LRU's lambda, [H]) stays as it is, without a time axis, when
+    # nothing per step changes it (no resets; lengths only forwards, through `b` and the
+    # final gather): neither the scan nor its VJP then holds a [T, *batch, H] copy of it.
+    time_axis = 0 if (time_major or len(shape) == 2) else len(shape) - 2
+    aligned = [p.reshape((1,) * (len(shape) - p.ndim) + tuple(p.shape)) for p in a]
+    a_const = (all(p.shape[time_axis] == 1 for p in aligned) and resets is None
+               and (seq_lengths is None or not reverse))
+    if a_const:
+        a = tuple(jnp.squeeze(p, time_axis).astype(dtype) for p in aligned)
+    else:
+        a = tuple(to_tm(jnp.broadcast_to(p.astype(dtype), shape)) for p in a)
     T, batch_shape, H = b[0].shape[0], tuple(b[0].shape[1:-1]), b[0].shape[-1]
     state_shape = batch_shape + (H,)
     h0 = _state(h0, state_shape, dtype, "h0", cplx)
@@ -214,12 +224,17 @@ def linear_scan(
         a = tuple(jnp.where(s, 0.0, p).astype(dtype) for p in a)
     if valid is not None:
         v = valid[..., None]
-        a = tuple(jnp.where(v, p, 1.0 if i == 0 else 0.0).astype(dtype) for i, p in enumerate(a))
+        if not a_const:  # identity steps past each length; with a constant `a`, see h_last
+            a = tuple(jnp.where(v, p, 1.0 if i == 0 else 0.0).astype(dtype) for i, p in enumerate(a))
         b = tuple(jnp.where(v, p, 0.0).astype(dtype) for p in b)
 
-    static = (mode, bool(reverse), chunk, cplx)
+    static = (mode, bool(reverse), chunk, cplx, a_const)
     hs = _scan(static, a, b, h0)
     h_last = tuple(p[0] if reverse else p[-1] for p in hs)
+    if a_const and lengths is not None:  # (forwards) the state after each sequence's last step, h0 if none
+        last = jnp.clip(lengths - 1, 0, T - 1)[None, ..., None]
+        h_last = tuple(jnp.where((lengths > 0)[..., None], jnp.take_along_axis(p, last, axis=0)[0], q)
+                       for p, q in zip(hs, h0))
     if valid is not None:
         hs = tuple(jnp.where(valid[..., None], p, 0.0).astype(dtype) for p in hs)
     if batch_major:
@@ -290,11 +305,8 @@ def _check_lengths(seq_lengths, batch_shape: tuple, T: int) -> Optional[Array]:
     if tuple(seq_lengths.shape) != batch_shape:
         raise ValueError(f"`seq_lengths` must have the batch shape {list(batch_shape)}; "
                          f"got {tuple(seq_lengths.shape)}.")
-    if not isinstance(seq_lengths, jax.core.Tracer):
-        values = np.asarray(seq_lengths)
-        if values.size and (values.min() < 0 or values.max() > T):
-            raise ValueError(f"`seq_lengths` must lie in [0, T={T}]; got values from {values.min()} to {values.max()}.")
-    return jnp.asarray(seq_lengths, jnp.int32)
+    # Out-of-range values act as the nearest bound, in jit or not (no host sync).
+    return jnp.clip(jnp.asarray(seq_lengths, jnp.int32), 0, T)
 
 
 def _check_resets(resets, batch_shape: tuple, T: int, time_major: bool) -> Optional[Array]:
@@ -354,8 +366,18 @@ def _combine(first, second):
 
 
 def _scan_impl(static, a: tuple, b: tuple, h0: tuple) -> tuple:
-    """All states ``[T, ...]`` of the recurrence, time-major, no masking."""
-    mode, reverse, chunk, _ = static
+    """All states ``[T, ...]`` of the recurrence, time-major, no masking. With ``a_const``,
+    ``a`` has no time axis (the same coefficient at every step)."""
+    mode, reverse, chunk, _, a_const = static
+    if a_const and mode == "sequential":
+        def body_const(h, b_t):
+            h = _add(_mul(a, h), b_t)
+            return h, h
+
+        _, hs = jax.lax.scan(body_const, h0, b, reverse=reverse)
+        return hs
+    if a_const:  # the parallel forms compose per step: a transient full-shape copy
+        a = tuple(jnp.broadcast_to(p, q.shape) for p, q in zip(a, b))
     if mode == "sequential":
         def body(h, ab):
             h = _add(_mul(ab[0], h), ab[1])
@@ -417,8 +439,10 @@ def _scan_fwd(static, a, b, h0):
 
 
 def _scan_bwd(static, res, g):
-    mode, reverse, chunk, cplx = static
+    mode, reverse, chunk, cplx, a_const = static
     a, h0, hs = res
+    if a_const:
+        return _scan_bwd_const(static, a, h0, hs, tuple(g))
     zero = tuple(jnp.zeros_like(p[:1]) for p in a)
     ac = _conj(a)
     if reverse:  # h[t] = a[t] h[t+1] + b[t]: lam[t] = g[t] + conj(a[t-1]) lam[t-1], forwards
@@ -428,11 +452,35 @@ def _scan_bwd(static, res, g):
         a_next = tuple(jnp.concatenate([p[1:], z], axis=0) for z, p in zip(zero, ac))
         h_prev = tuple(jnp.concatenate([q[None], p[:-1]], axis=0) for p, q in zip(hs, h0))
     g = tuple(g)
-    lam = _scan_impl((mode, not reverse, chunk, cplx), a_next, g, tuple(jnp.zeros_like(p) for p in h0))
+    lam = _scan_impl((mode, not reverse, chunk, cplx, False), a_next, g, tuple(jnp.zeros_like(p) for p in h0))
     da = _mul(lam, _conj(h_prev))
     first = -1 if reverse else 0
     dh0 = _mul(tuple(p[first] for p in ac), tuple(p[first] for p in lam))
     return tuple(da), tuple(lam), tuple(dh0)
+
+
+def _scan_bwd_const(static, a, h0, hs, g):
+    """The VJP with ``a`` constant in time: ``lam`` runs the same recurrence backwards from a
+    zero state (``lam[T-1] = g[T-1]``), and ``da`` sums ``lam * conj(h_prev)`` over time and
+    over the axes along which ``a`` was broadcast."""
+    mode, reverse, chunk, cplx, _ = static
+    ac = _conj(a)
+    lam = _scan_impl((mode, not reverse, chunk, cplx, True), ac, g, tuple(jnp.zeros_like(p) for p in h0))
+    if reverse:
+        h_prev = tuple(jnp.concatenate([p[1:], q[None]], axis=0) for p, q in zip(hs, h0))
+    else:
+        h_prev = tuple(jnp.concatenate([q[None], p[:-1]], axis=0) for p, q in zip(hs, h0))
+    da = tuple(_sum_to(p.sum(0), q.shape) for p, q in zip(_mul(lam, _conj(h_prev)), a))
+    first = -1 if reverse else 0
+    dh0 = tuple(_sum_to(p, q.shape) for p, q in zip(_mul(ac, tuple(p[first] for p in lam)), h0))
+    return da, tuple(lam), dh0
+
+
+def _sum_to(x, shape):
+    """``x`` summed over the axes along which an array of ``shape`` was broadcast to it."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    return x.sum(axes).reshape(shape) if axes else x
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)

@@ -88,6 +88,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn.contract import uses
+
 Array = jax.Array
 
 __all__ = ["Newton", "NewtonInfo", "newton_unroll", "newton_run"]
@@ -295,7 +297,7 @@ def _step_of(cell) -> Callable:
 
 
 def _has_update(cell) -> bool:
-    return callable(getattr(cell, "project", None)) and callable(getattr(cell, "update", None))
+    return uses(cell, "project", "update")
 
 
 def _check_lengths(seq_lengths, batch_shape, T):
@@ -309,10 +311,7 @@ def _check_lengths(seq_lengths, batch_shape, T):
         raise ValueError(
             f"`seq_lengths` must have the batch shape of `xs`, {list(batch_shape)}; got {tuple(seq_lengths.shape)}."
         )
-    if not isinstance(seq_lengths, jax.core.Tracer):
-        v = np.asarray(seq_lengths)
-        if v.size and (v.min() < 0 or v.max() > T):
-            raise ValueError(f"`seq_lengths` must lie in [0, T={T}]; got values from {v.min()} to {v.max()}.")
+    # Out-of-range values act as the nearest bound, in jit or not (no host sync).
     return jnp.clip(jnp.asarray(seq_lengths, jnp.int32), 0, T).reshape(-1)
 
 
@@ -669,5 +668,4 @@ _solve.defvjp(_solve_fwd, _solve_bwd)
 def _diagonal_fn(cell) -> Optional[Callable]:
     """The cell's ``jacobian_diagonal(params, h, x)`` (a pytree like ``h``), or None for
     the forward-mode diagonal."""
-    method = getattr(cell, "jacobian_diagonal", None)
-    return method if callable(method) else None
+    return cell.jacobian_diagonal if uses(cell, "jacobian_diagonal") else None

@@ -52,7 +52,7 @@ import numpy as np
 
 from jaxrnn import fused, hoist as _hoist, tuning
 from jaxrnn.cells import _describe, check_input, state_dtype
-from jaxrnn.contract import as_cell, feature_axes
+from jaxrnn.contract import as_cell, feature_axes, fused as is_fused, uses
 from jaxrnn.tuning import default_unroll
 
 Array = jax.Array
@@ -95,8 +95,9 @@ def unroll(
         ``time_major=True``); ``[T, *features]`` for a single sequence. ``features`` is
         one axis (``input_size``) unless ``num_feature_axes`` says otherwise.
       seq_lengths: optional integer lengths of shape ``[*batch]`` for right-padded
-        batches. Values are checked to lie in ``[0, T]`` when they are concrete;
-        under ``jit`` a length above ``T`` acts as ``T`` and a negative one as 0.
+        batches. Their dtype and shape are checked; their values are not read on the
+        host (that would stop the program for a device-to-host copy): a length above
+        ``T`` acts as ``T`` and a negative one as 0, inside ``jit`` or not.
       resets: optional boolean ``[*batch, T]`` (``[T, *batch]`` with ``time_major``):
         True at step ``t`` means ``x_t`` starts a new segment (see the module doc).
       reset_state: the state a segment starts from after a reset (a pytree like ``h``,
@@ -110,18 +111,32 @@ def unroll(
         forward is recomputed.
       hoist: for cells without ``project``/``update``, compute the part of the step
         that depends on ``x`` but not on ``h`` for every step at once, outside the loop
-        (:mod:`jaxrnn.hoist`); False scans the step as written. Same results either way.
+        (:mod:`jaxrnn.hoist`); False scans the step as written (for a built-in cell: its
+        ``step`` on the generic path, instead of the fused path). Same results either way.
       num_feature_axes: trailing feature axes of ``xs`` (default: the cell's
         ``num_feature_axes``, else 1), e.g. 3 for ``[*batch, T, H, W, C]`` frames.
-      custom_vjp: built-in cells: use the fused backward pass (weight gradients
-        outside the loop). Set False to differentiate the scan with plain autodiff,
-        e.g. for forward-mode ``jax.jvp``/``jax.jacfwd``.
+      custom_vjp: use the custom VJPs: the built-in cells' fused backward pass, and for
+        other cells whose step multiplies a weight with the state, weight gradients as
+        one product over the sequence where that pays (:func:`jaxrnn.tuning.weights_outside`).
+        Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) cannot go through a custom
+        VJP: it raises a ``TypeError`` naming this option, whatever the shapes. Set False
+        to differentiate the scan with plain autodiff.
       mode: ``"sequential"`` (a scan); ``"associative"`` or ``"chunked"`` for cells
         with a parallel form (``parallel_unroll``: ``jaxrnn.zoo`` minGRU, minLSTM, LRU);
         ``"auto"`` picks by backend and ``T``; ``"newton"`` (or a
         ``jaxrnn.newton.Newton(...)`` of options) evaluates any cell by Newton's method
         over the whole trajectory (:mod:`jaxrnn.newton`).
-      chunk_size: the chunk length of ``mode="chunked"``.
+      chunk_size: the chunk length of ``mode="chunked"`` (or ``"auto"``); any other mode
+        refuses it.
+
+    Every option either changes what runs or raises a ``ValueError`` that names it
+    (``chunk_size`` outside the chunked mode; ``unroll``, ``remat``, ``hoist=False`` or
+    ``custom_vjp=False`` in a parallel or Newton mode; ``num_feature_axes`` other than 1
+    for a built-in cell).
+
+    Called outside ``jit``, the unroll is compiled once per cell, options and shapes and
+    cached (the cell must be hashable, as frozen dataclasses and functions are; other
+    cells are traced at every call).
 
     Returns:
       ``(h, ys)``: the final state (at each sequence's true length) and all outputs,
@@ -156,10 +171,22 @@ def unroll(
         raise TypeError(f"`cell` must run one step at a time; {cell!r} is a bidirectional network: "
                         f"call it as net(params, h, xs).")
     mode = _check_mode(mode)
-    if getattr(cell, "fused", False) and mode == "sequential":
+    check_options(cell, mode, unroll=unroll, remat=remat, hoist=hoist, custom_vjp=custom_vjp,
+                  chunk_size=chunk_size, num_feature_axes=num_feature_axes)
+    static = dict(reverse=bool(reverse), time_major=bool(time_major), unroll=unroll, remat=remat, hoist=bool(hoist),
+                  num_feature_axes=num_feature_axes, custom_vjp=bool(custom_vjp), mode=mode, chunk_size=chunk_size)
+    xs, seq_lengths, resets = _as_array(xs), _as_array(seq_lengths), _as_array(resets)
+    return call_compiled(_unroll_impl, cell, static, params, h, xs, seq_lengths, resets, reset_state,
+                         custom_vjp=custom_vjp)
+
+
+def _unroll_impl(cell, static, params, h, xs, seq_lengths, resets, reset_state):
+    o = dict(static)
+    mode, num_feature_axes, time_major = o["mode"], o["num_feature_axes"], o["time_major"]
+    if is_fused(cell) and mode == "sequential" and o["hoist"]:
         return _unroll_fused(cell, params, h, xs, seq_lengths=seq_lengths, resets=resets, reset_state=reset_state,
-                             reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
-                             custom_vjp=custom_vjp)
+                             reverse=o["reverse"], time_major=time_major, unroll=o["unroll"], remat=o["remat"],
+                             custom_vjp=o["custom_vjp"])
     F = feature_axes(cell, num_feature_axes)
     input_size = cell.check_params(params) if hasattr(cell, "check_params") else None
     xs = check_input(xs, input_size, min_rank=F + 1, name="xs", feature_axes=F)
@@ -171,10 +198,84 @@ def unroll(
     if T:
         check_step(cell, params, h, xs_T[0], batch_shape)
     reset = resolve_reset_state(cell, reset_state, h, batch_shape) if resets_T is not None else None
-    h, ys_T = run(cell, params, h, xs_T, lengths=lengths, resets=resets_T, reset_state=reset, reverse=reverse,
-                  unroll=unroll, remat=remat, hoist=hoist, custom_vjp=custom_vjp, mode=mode,
-                  chunk_size=chunk_size)
+    h, ys_T = run(cell, params, h, xs_T, lengths=lengths, resets=resets_T, reset_state=reset, reverse=o["reverse"],
+                  unroll=o["unroll"], remat=o["remat"], hoist=o["hoist"], custom_vjp=o["custom_vjp"], mode=mode,
+                  chunk_size=o["chunk_size"])
     return h, restore(ys_T)
+
+
+# --------------------------------------------------------------------------- options and compilation
+
+
+def check_options(cell, mode, *, unroll=None, remat=False, hoist=True, custom_vjp=True, chunk_size=None,
+                  num_feature_axes=None):
+    """Raises for an option that does not apply to ``cell`` in ``mode``, naming it: every
+    option :func:`unroll` takes either changes what runs or is refused."""
+    if chunk_size is not None:
+        if mode not in ("chunked", "auto"):
+            raise ValueError(f"`chunk_size` applies to mode='chunked' (or 'auto') only; got mode={mode!r} "
+                             f"with chunk_size={chunk_size!r}.")
+        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}.")
+    if mode not in ("sequential", "auto"):
+        given = {"unroll": unroll, "remat": remat, "hoist": hoist, "custom_vjp": custom_vjp}
+        default = {"unroll": None, "remat": False, "hoist": True, "custom_vjp": True}
+        for opt, value in given.items():
+            if value is not default[opt] and value != default[opt]:
+                kind = "Newton mode" if not isinstance(mode, str) or mode == "newton" else f"mode={mode!r}"
+                raise ValueError(f"`{opt}` applies to the sequential scan only; {kind} does not use it "
+                                 f"(got {opt}={value!r}).")
+    if num_feature_axes is not None and is_fused(cell) and num_feature_axes != 1:
+        raise ValueError(f"`num_feature_axes` must be 1 (or None) for {cell!r}, whose inputs are "
+                         f"[*batch, T, input_size]; got {num_feature_axes!r}.")
+
+
+def _as_array(x):
+    """Lists and tuples of numbers as numpy arrays (so that they enter ``jit`` as one array);
+    anything else as it is (arrays, None, or something the checks will refuse by name)."""
+    if isinstance(x, (list, tuple)):
+        try:
+            return np.asarray(x)
+        except (ValueError, TypeError):
+            return x
+    return x
+
+
+def _hashable(cell) -> bool:
+    try:
+        hash(cell)
+    except TypeError:
+        return False
+    return True
+
+
+_COMPILED: dict = {}
+
+
+def call_compiled(impl, cell, static: dict, *args, custom_vjp: bool = True):
+    """``impl(cell, static, *args)`` through ``jax.jit`` with ``cell`` and ``static``
+    static, so that calls outside ``jit`` trace and compile once per cell, options and
+    shapes, not at every call (inside ``jit`` it is inlined). A cell that is not
+    hashable runs as it is, traced at every call.
+
+    Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) cannot pass the custom VJPs that
+    ``custom_vjp=True`` uses, at any shape: the error then names the option."""
+    key = (impl, tuple(sorted(static.items(), key=lambda kv: kv[0])))
+    if _hashable(cell) and _hashable(key):
+        fn = _COMPILED.get(impl)
+        if fn is None:
+            fn = _COMPILED[impl] = jax.jit(impl, static_argnums=(0, 1))
+    else:
+        fn = impl
+    args = (cell, key[1]) + args
+    try:
+        return fn(*args)
+    except TypeError as e:
+        if custom_vjp and "forward-mode" in str(e) and "custom_vjp" in str(e):
+            raise TypeError("`custom_vjp=True` (the default) computes gradients with a custom VJP, which "
+                            "forward-mode autodiff (jax.jvp, jax.jacfwd, jax.linearize of a jvp) cannot go "
+                            "through; pass custom_vjp=False for forward mode.") from None
+        raise
 
 
 def _check_mode(mode):
@@ -204,14 +305,14 @@ def run(cell, params, h, xs_T, *, lengths=None, resets=None, reset_state=None, r
         return newton.newton_run(cell, params, h, xs_T, seq_lengths=lengths, resets=resets,
                                  reset_state=reset_state, reverse=reverse, options=options)
     if mode in ("associative", "chunked"):
-        if not hasattr(cell, "parallel_unroll"):
+        if not uses(cell, "parallel_unroll"):
             raise ValueError(
                 f"`mode={mode!r}` needs a cell whose recurrence is linear in h (one with `parallel_unroll`, "
                 f"e.g. jaxrnn.zoo.MinGRU, MinLSTM, LRU); {cell!r} has none: use mode='newton' for others.")
         return cell.parallel_unroll(params, h, xs_T, seq_lengths=lengths, resets=resets, reset_state=reset_state,
                                     reverse=reverse, mode=mode, chunk_size=chunk_size)
     flags = reset_flags(resets, lengths, reverse)
-    if getattr(cell, "fused", False):
+    if is_fused(cell) and hoist:  # (hoist=False: a built-in cell's step as written, on the generic path)
         batch_shape = xs_T.shape[1:-1]
         flat = lambda a: None if a is None else a.reshape((a.shape[0], -1))
         carry = tuple(c.reshape((-1, c.shape[-1])) for c in cell.to_carry(h))
@@ -230,7 +331,7 @@ def run(cell, params, h, xs_T, *, lengths=None, resets=None, reset_state=None, r
 
 
 def _auto_mode(cell, T: int) -> str:
-    if not hasattr(cell, "parallel_unroll"):
+    if not uses(cell, "parallel_unroll"):
         return "sequential"
     from jaxrnn import linear
 
@@ -261,9 +362,12 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
         y = jax.eval_shape(lambda: step(h, jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), inputs)))[1]
         return h, jnp.zeros((0,) + y.shape, y.dtype)
     if not remat:
-        if (custom_vjp and split is not None and split.parts.probes and tuning.weights_outside(_rows(h, xs_T))
-                and _all_floating((split.c, h, inputs, reset))):
-            return _weights_outside(split, h, inputs, mask, flags, reset, reverse=reverse, unroll=unroll)
+        # With custom_vjp, a cell whose step multiplies a weight with its state gets the custom
+        # VJP at every shape (forward-mode autodiff then fails the same way at every shape, with
+        # an error naming the option); its weight gradients leave the loop where that pays.
+        if custom_vjp and split is not None and split.parts.probes and _all_floating((split.c, h, inputs, reset)):
+            return _weights_outside(split, h, inputs, mask, flags, reset, reverse=reverse, unroll=unroll,
+                                    outside=tuning.weights_outside(_rows(h, xs_T)))
         return jax.lax.scan(body, h, (inputs, mask, flags), reverse=reverse, unroll=unroll)
     K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
     if K < 1:
@@ -311,7 +415,7 @@ def _plan(cell, params, h, xs_T, hoist: bool):
     work is done once, and its x-only work (a plain step's input projection) for every
     step at once, outside the loop.
     """
-    if hasattr(cell, "project") and hasattr(cell, "update"):
+    if uses(cell, "project", "update"):
         fn, inputs = cell.update, cell.project(params, xs_T)
     else:
         fn, inputs = cell.step, xs_T
@@ -340,19 +444,24 @@ def _all_floating(tree) -> bool:
     return all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(tree))
 
 
-def _weights_outside(split, h, inputs, mask, flags, reset, *, reverse, unroll):
+def _weights_outside(split, h, inputs, mask, flags, reset, *, reverse, unroll, outside=True):
     """The generic loop with a VJP that computes the gradient of each weight multiplied
     with an ``h``-dependent value (``h @ U``) as one matrix product over the whole sequence
     after the backward loop, as the built-in cells' fused path does, instead of autodiff's
     small product and accumulation at every step (:attr:`jaxrnn.hoist.Split.probes`): the
     backward loop is autodiff's own, with those weights held constant, and the cotangent of
-    each such product is read off a zero added to it. Everything else is autodiff."""
+    each such product is read off a zero added to it. Everything else is autodiff.
+
+    With ``outside=False`` (where :func:`jaxrnn.tuning.weights_outside` says the per-step
+    accumulation is faster) the same custom VJP holds autodiff's plain pullback instead."""
     parts, c = split.parts, split.c
     T = jax.tree.leaves(inputs)[0].shape[0]
     weights = sorted({i for i, _, _ in parts.probes})
-    zeros_e = [jnp.zeros((T,) + tuple(shape), dtype) for _, shape, dtype in parts.probes]
+    # Everything the custom VJP reads is an argument of it (nothing traced is closed over),
+    # so that it also holds under a jit that is linearised from outside (jax.grad of a jit).
+    zeros_e = lambda: [jnp.zeros((T,) + tuple(shape), dtype) for _, shape, dtype in parts.probes]
 
-    def loop(c, h, inputs, e, reset):
+    def loop(c, h, inputs, e, reset, mask, flags):
         def step(h, u_e):
             (h_new, y), a = parts.body(c, h, *u_e)
             return h_new, y, a
@@ -369,24 +478,32 @@ def _weights_outside(split, h, inputs, mask, flags, reset, *, reverse, unroll):
         return [w[i] if i in w else v for i, v in enumerate(rest)]
 
     @jax.custom_vjp
-    def run(c, h, inputs, reset):
-        h, ys, _ = loop(c, h, inputs, zeros_e, reset)
+    def run(c, h, inputs, reset, mask, flags):
+        h, ys, _ = loop(c, h, inputs, zeros_e(), reset, mask, flags)
         return h, ys
 
-    def run_fwd(c, h, inputs, reset):
+    def run_fwd(c, h, inputs, reset, mask, flags):
+        if not outside:
+            (h, ys), pull = jax.vjp(lambda c, h, inputs, reset: loop(c, h, inputs, zeros_e(), reset, mask, flags)[:2],
+                                    c, h, inputs, reset)
+            return (h, ys), (pull, None, None, mask, flags)
         rest, w = split_weights(c)
-        (h, ys, a), pull = jax.vjp(lambda rest, h, inputs, e, reset: loop(join(rest, w), h, inputs, e, reset),
-                                   rest, h, inputs, zeros_e, reset)
-        return (h, ys), (pull, a, c)
+        (h, ys, a), pull = jax.vjp(
+            lambda rest, h, inputs, e, reset: loop(join(rest, w), h, inputs, e, reset, mask, flags),
+            rest, h, inputs, zeros_e(), reset)
+        return (h, ys), (pull, a, c, mask, flags)
 
     def run_bwd(res, cts):
-        pull, a, c = res
+        pull, a, c, mask, flags = res
+        none = (None if mask is None else jnp.zeros_like(mask), None if flags is None else jnp.zeros_like(flags))
+        if a is None:
+            return tuple(pull(tuple(cts))) + none
         ct_rest, ct_h, ct_inputs, ct_e, ct_reset = pull(tuple(cts) + (jax.tree.map(jnp.zeros_like, a),))
         ct_w = parts.weight_grads(c, a, ct_e)
-        return join(ct_rest, {i: ct_w[i] for i in weights}), ct_h, ct_inputs, ct_reset
+        return (join(ct_rest, {i: ct_w[i] for i in weights}), ct_h, ct_inputs, ct_reset) + none
 
     run.defvjp(run_fwd, run_bwd)
-    return run(c, h, inputs, reset)
+    return run(c, h, inputs, reset, mask, flags)
 
 
 def _expand(m, a):
@@ -569,11 +686,6 @@ def check_seq_lengths(seq_lengths, batch_shape: tuple, T: int, flatten: bool = T
         raise ValueError(
             f"`seq_lengths` must have the batch shape of `xs`, {list(batch_shape)}; got {tuple(seq_lengths.shape)}."
         )
-    if not isinstance(seq_lengths, jax.core.Tracer):
-        values = np.asarray(seq_lengths)
-        if values.size and (values.min() < 0 or values.max() > T):
-            raise ValueError(
-                f"`seq_lengths` must lie in [0, T={T}]; got values from {values.min()} to {values.max()}."
-            )
-    lengths = jnp.asarray(seq_lengths, jnp.int32)
+    # Out-of-range values act as the nearest bound (one meaning, in jit or not; no host sync).
+    lengths = jnp.clip(jnp.asarray(seq_lengths, jnp.int32), 0, T)
     return lengths.reshape(-1) if flatten else lengths

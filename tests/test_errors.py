@@ -90,11 +90,18 @@ def test_bad_input_names_the_argument(case, jit):
 
 
 @pytest.mark.parametrize("lengths", [[T + 1, 1], [-1, 2]])
-def test_concrete_lengths_outside_range(lengths):
-    with pytest.raises(ValueError, match=r"`seq_lengths` must lie in \[0, T=5\]"):
-        jaxrnn.unroll(GRU, P_GRU, None, XS, seq_lengths=np.array(lengths))
-    with pytest.raises(ValueError, match="`seq_lengths`"):
-        NET(P_NET, None, XS, seq_lengths=jnp.array(lengths))
+@pytest.mark.parametrize("jit", [False, True])
+def test_lengths_outside_range_act_as_the_nearest_bound(lengths, jit):
+    """One meaning, in jit or not (no host sync): a length above T acts as T, below 0 as 0."""
+    clipped = np.clip(lengths, 0, T)
+    run = lambda f: jax.jit(f)() if jit else f()
+    got = run(lambda: jaxrnn.unroll(GRU, P_GRU, None, XS, seq_lengths=np.array(lengths)))
+    want = jaxrnn.unroll(GRU, P_GRU, None, XS, seq_lengths=clipped)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    got = run(lambda: NET(P_NET, None, XS, seq_lengths=jnp.array(lengths)))
+    want = NET(P_NET, None, XS, seq_lengths=clipped)
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_message_echoes_what_came():
