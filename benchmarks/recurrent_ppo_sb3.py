@@ -196,6 +196,8 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None):
         c = [r["train_cpu_s"] for r in sb3["runs"] if "train_cpu_s" in r]
         if c and cpu:
             lines.append(f"CPU time, same ratio: {cpu / np.median(c):.3f}.")
+        lines.append(f"Per seed (jaxrnn's time for all {n} seeds / {n}) over sb3-contrib's per seed: wall "
+                     f"{mem['train_wall_s'] / n / w:.3f}" + (f", CPU {cpu / n / np.median(c):.3f}." if c and cpu else "."))
     lines += ["", "Notes: " + sb3.get("note", ""), "", jx.get("note", "")]
     text = "\n".join(lines) + "\n"
     out = out or os.path.splitext(sb3_path)[0] + ".md"
