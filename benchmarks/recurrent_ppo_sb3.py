@@ -174,12 +174,12 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None):
             "| library | seed | env steps | time to 100k steps (wall, s) | CPU time (s) | final deterministic return |",
             "|---|---|---|---|---|---|",
     ]
-    for r in sb3.get("unfinished", []):
-        lines.append(f"| sb3-contrib | {r['seed']} | not finished at the deadline | > {r['wall_s_so_far']} "
-                     f"(still running) | > {r['cpu_s_so_far']} | n/a |")
     for r in sb3["runs"]:
         lines.append(f"| sb3-contrib | {r['seed']} | {r['env_steps']} | {r['train_wall_s']:.0f} | "
                                   f"{r.get('train_cpu_s', float('nan')):.0f} | {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} |")
+    for r in sb3.get("unfinished", []):
+        lines.append(f"| sb3-contrib | {r['seed']} | not finished at the deadline | > {r['wall_s_so_far']} "
+                     f"(still running) | > {r['cpu_s_so_far']} | n/a |")
     cpu = mem.get("train_cpu_s")
     for i, s in enumerate(mem["seeds"]):
         lines.append(f"| jaxrnn ({n} seeds in one vmap) | {s} | {mem['env_steps']} | {mem['train_wall_s']:.0f} (all {n}) | "
