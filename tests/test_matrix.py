@@ -232,7 +232,7 @@ def test_errors():
     with pytest.raises(ValueError, match="`h0`"):
         matrix_scan(q, q, v, g, None, jnp.zeros((2, 3, 4, 5)))
     with pytest.raises(ValueError, match="`seq_lengths`"):
-        matrix_scan(q, q, v, g, seq_lengths=jnp.array([1, 9]))
+        matrix_scan(q, q, v, g, seq_lengths=jnp.array([1, 2, 3]))
     with pytest.raises(ValueError, match="`resets`"):
         matrix_scan(q, q, v, g, resets=jnp.zeros((2, 4), bool))
     with pytest.raises(ValueError, match="`mode`"):
