@@ -49,18 +49,29 @@ def run(cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array], *, 
 
     Returns:
       ``(carry, ys_TNH)``, time-major.
+
+    The backend choices (:mod:`jaxrnn.tuning`) are made for the platform the program is
+    lowered for (:func:`jaxrnn.tuning.for_platform`).
     """
-    unroll = tuning.default_unroll() if unroll is None else int(unroll)
-    if unroll < 1:
+    if unroll is not None and int(unroll) < 1:
         raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
-    if batch_major and not tuning.keeps_batch_major(remat, custom_vjp, 0 in xs_TNI.shape[:2]):
-        xs_TNI, batch_major = jnp.swapaxes(xs_TNI, 0, 1), False
     T = xs_TNI.shape[1] if batch_major else xs_TNI.shape[0]
-    static = (cell, bool(reverse), unroll, bool(custom_vjp), bool(batch_major))
     if T == 0:
-        return carry, jnp.zeros((0, xs_TNI.shape[1], cell.output_size), carry[0].dtype)
+        return carry, jnp.zeros((0, xs_TNI.shape[0 if batch_major else 1], cell.output_size), carry[0].dtype)
     if flags is not None and reset is None:
         reset = tuple(jnp.zeros_like(c) for c in carry)
+    options = (cell, bool(reverse), unroll, remat, bool(custom_vjp), bool(batch_major))
+    return tuning.for_platform(functools.partial(_run, options), params, carry, xs_TNI, lengths, flags, reset)
+
+
+def _run(options, platform, params, carry, xs_TNI, lengths, flags, reset):
+    """:func:`run` with the choices of ``platform``."""
+    cell, reverse, unroll, remat, custom_vjp, batch_major = options
+    unroll = tuning.default_unroll(platform) if unroll is None else int(unroll)
+    if batch_major and not tuning.keeps_batch_major(remat, custom_vjp, 0 in xs_TNI.shape[:2], platform):
+        xs_TNI, batch_major = jnp.swapaxes(xs_TNI, 0, 1), False
+    T = xs_TNI.shape[1] if batch_major else xs_TNI.shape[0]
+    static = (cell, reverse, unroll, custom_vjp, batch_major, platform)
     if not remat:
         return _layer(static, params, carry, xs_TNI, lengths, flags, reset)
     K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
@@ -89,7 +100,7 @@ def run(cell, params, carry: tuple, xs_TNI: Array, lengths: Optional[Array], *, 
 
 
 def _layer(static, params, carry, xs_TNI, lengths, flags, reset):
-    cell, _, _, use_custom_vjp, _ = static
+    cell, _, _, use_custom_vjp, _, _ = static
     b_x = cell.input_bias(params)
     w_hr = getattr(params, "w_hr", None)
     fn = _recurrence if use_custom_vjp else _recurrence_impl
@@ -131,11 +142,21 @@ def _mask(lengths, T):
     return (jnp.arange(T, dtype=jnp.int32)[:, None] < lengths[None, :])[..., None]  # [T, N, 1]
 
 
-def _apart(fn, witness: Array):
-    """``fn()``, computed inside a conditional: a boundary that XLA neither fuses across
-    nor merges with identical work outside it. The predicate, ``(witness | 1) != 0`` for
-    an int32 ``witness``, is always true, in a form that XLA's simplifier and its range
-    analysis of loop indices do not fold away (the other branch returns zeros)."""
+def _apart(fn):
+    """``fn()``, computed apart: its results pass through ``jax.lax.optimization_barrier``,
+    which XLA neither fuses across nor moves work through, so ``fn``'s operations form
+    computations of their own (see :func:`jaxrnn.tuning.separates_nonlinearities`) and
+    what it reads out of a buffer is materialised before the buffer is written."""
+    return jax.lax.optimization_barrier(fn())
+
+
+def _read_apart(fn, witness: Array):
+    """``fn()`` (reads out of a buffer that the same loop step then overwrites) inside a
+    conditional whose predicate, ``(witness | 1) != 0`` for an int32 ``witness``, is always
+    true in a form XLA does not fold. An optimization barrier is not enough here: with the
+    reads behind a barrier, XLA:CPU still copied the whole ``[T, N, G*H]`` buffer at every
+    step of the LSTM's backward loop (tests/test_scan.py's in-place test, B1 T40), which
+    the conditional's separate computation avoids."""
     return jax.lax.cond((witness | 1) != 0, fn,
                         lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn)))
 
@@ -150,23 +171,23 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
     in its reserve space) and, for LSTM, the cell state after every step. The hidden state
     entering each step is not stored: it is the previous output (see :func:`_previous`).
     """
-    cell, reverse, unroll, _, batch_major = static
+    cell, reverse, unroll, _, batch_major, platform = static
     cd = cell.compute_dtype
     T = xs.shape[1] if batch_major else xs.shape[0]
     mask = _mask(lengths, T)
     rflags = None if flags is None else flags[..., None]  # [T, N, 1]
-    bm_buf = save and tuning.batch_major_buffer(cell, batch_major, w_hr)
+    bm_buf = save and tuning.batch_major_buffer(cell, batch_major, w_hr, platform)
     gx = _seq_matmul(jnp.swapaxes(xs, 0, 1) if batch_major and not bm_buf else xs, w_ih, cd)
     axis = 1 if bm_buf else 0  # the time axis of gx
-    w_hh_t = tuning.transposed_recurrent_weight(w_hh)
-    blocks = None if w_hh_t is None else tuning.column_blocks(w_hh_t, carry0[0].shape[0], "forward")
+    w_hh_t = tuning.transposed_recurrent_weight(w_hh, platform)
+    blocks = None if w_hh_t is None else tuning.column_blocks(w_hh_t, carry0[0].shape[0], "forward", platform)
 
     def recurrent(h):
         if w_hh_t is None:
             return _matmul(h, w_hh, cd)
         return tuning.blocked_matmul(h, w_hh_t, blocks, cd)
 
-    separate = not save and tuning.separates_nonlinearities()
+    separate = not save and tuning.separates_nonlinearities(platform)
 
     def step(carry, gx_t, m_t, r_t, t):
         if r_t is not None:  # a new segment starts here (only ever inside the length)
@@ -178,7 +199,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
             gx_t = gx_t + b_x.astype(acc_dtype(b_x.dtype))
         if cell.adds_recurrent_to_input:
             gx_t, a = gx_t + a, None
-        new, saved = cell.pointwise(gx_t, a, carry, save=True, apart=(lambda fn: _apart(fn, t)) if separate else None)
+        new, saved = cell.pointwise(gx_t, a, carry, save=True, apart=_apart if separate else None)
         h = new[0]
         if w_hr is not None:
             h = _matmul(h, w_hr, cd)
@@ -190,7 +211,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
             new = tuple(jnp.where(m_t, n, c) for n, c in zip(new, carry))
         return new, y, saved
 
-    if save and tuning.in_place(cell):
+    if save and tuning.in_place(cell, platform):
         # The saved activations are (act, *side): act, shaped like gx_t, overwrites it.
         def body(carry, inp):
             state, buf = carry
@@ -206,8 +227,7 @@ def _recurrence_impl(static, xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, 
         new, y, saved = step(carry, *inp)
         return new, ((y, saved, new[1:]) if save else (y,))
 
-    ts = jnp.arange(T, dtype=jnp.int32) if separate else None  # (only ``apart`` reads t)
-    carry, outs = jax.lax.scan(body, carry0, (gx, mask, rflags, ts), reverse=reverse, unroll=unroll)
+    carry, outs = jax.lax.scan(body, carry0, (gx, mask, rflags, None), reverse=reverse, unroll=unroll)
     return carry, outs[0], outs[1:]
 
 
@@ -248,7 +268,7 @@ def _recurrence_bwd(static, res, cts):
     gate cotangents; the weight gradients are single matrix products afterwards.
     Where a step starts a new segment, the cotangent of the state entering it goes to
     ``reset`` instead of the previous step (nothing crosses a boundary)."""
-    cell, reverse, unroll, _, batch_major = static
+    cell, reverse, unroll, _, batch_major, platform = static
     xs, w_ih, b_x, w_hh, b_rec, w_hr, carry0, lengths, flags, reset, ys, saved, rest = res
     d_carry, dys, _ = cts
     cd = cell.compute_dtype
@@ -256,15 +276,15 @@ def _recurrence_bwd(static, res, cts):
     rflags = None if flags is None else flags[..., None]
     first_reset = None if flags is None else reset[0]
     h_prev = _previous(ys, carry0[0], lengths, reverse, flags, first_reset)
-    in_place = tuning.in_place(cell) and w_hr is None  # (with a projection, the activations are read after the loop)
-    bm_buf = tuning.batch_major_buffer(cell, batch_major, w_hr)  # saved[0] (and so dgx) is [N, T, G*H]
+    in_place = tuning.in_place(cell, platform) and w_hr is None  # (with a projection, the activations are read after the loop)
+    bm_buf = tuning.batch_major_buffer(cell, batch_major, w_hr, platform)  # saved[0] (and so dgx) is [N, T, G*H]
     axis = 1 if bm_buf else 0
     prev = None if in_place else (
         (h_prev,) + tuple(_previous(r, c0, lengths, reverse, flags, None if flags is None else rs)
                           for r, c0, rs in zip(rest, carry0[1:], (reset or carry0)[1:])))
     # What pointwise_bwd reads of the new state: r (= the output) for RNN cells, c for LSTM.
     new = (ys if cell.bwd_reads_output else None,) + tuple(rest)
-    blocks = tuning.column_blocks(w_hh, carry0[0].shape[0], "backward")
+    blocks = tuning.column_blocks(w_hh, carry0[0].shape[0], "backward", platform)
 
     def body(dcarry, inp):
         saved_t, prev_t, new_t, dy_t, m_t, r_t = inp
@@ -312,8 +332,9 @@ def _recurrence_bwd(static, res, cts):
             # Read step t's saved arrays once, into small arrays of their own. XLA fuses a
             # plain slice into each of its several readers, and then copies the whole
             # buffer at every step unless it can order all of them before the write.
-            act_t, *side_t = _apart(lambda: (jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False),)
-                                    + tuple(jax.lax.dynamic_index_in_dim(s, t, 0, keepdims=False) for s in side), t)
+            act_t, *side_t = _read_apart(lambda: (jax.lax.dynamic_index_in_dim(buf, t, axis, keepdims=False),)
+                                         + tuple(jax.lax.dynamic_index_in_dim(s, t, 0, keepdims=False)
+                                                 for s in side), t)
             if cell.is_lstm:
                 # The cell state entering step t, read from the saved states rather than from
                 # a shifted copy of them (what _previous would make: one [T, N, H] buffer less).
@@ -355,15 +376,15 @@ def _recurrence_bwd(static, res, cts):
     dxs = _seq_matmul(dgx, w_ih.T, cd).astype(xs.dtype)
     if batch_major and not bm_buf:  # dgx is time-major, xs batch-major
         dxs = jnp.swapaxes(dxs, 0, 1)
-        # The time-major copy of xs for this product is made afresh here, apart, because
-        # XLA would otherwise merge it with the forward pass's identical copy and keep
-        # that alive through the backward loop.
-        bits = jax.lax.bitcast_convert_type(xs.ravel()[0].astype(jnp.float32), jnp.int32)
-        dw_ih = _apart(lambda: _weight_grad(dgx, jnp.swapaxes(xs, 0, 1), cd, False), bits).astype(w_ih.dtype)
+        # The time-major copy of xs for this product is made afresh here, after the backward
+        # loop (xs passes a barrier with dgx), because XLA would otherwise merge it with the
+        # forward pass's identical copy and keep that alive through the backward loop.
+        xs_late, dgx = jax.lax.optimization_barrier((xs, dgx))
+        dw_ih = _weight_grad(dgx, jnp.swapaxes(xs_late, 0, 1), cd, False).astype(w_ih.dtype)
     else:  # dgx, xs and dxs in the same layout
         dw_ih = _weight_grad(dgx, xs, cd, bm_buf).astype(w_ih.dtype)
     db_x = None if b_x is None else (db_acc if in_place else dgx.sum((0, 1))).astype(b_x.dtype)
-    if tail is not None and tuning.assembles_recurrent_cotangent(dgx.size * dgx.dtype.itemsize):
+    if tail is not None and tuning.assembles_recurrent_cotangent(dgx.size * dgx.dtype.itemsize, platform):
         da = jnp.concatenate([dgx[..., :k], jnp.swapaxes(tail, 0, 1) if bm_buf else tail], axis=-1)
     if da is None:
         # d(a) not assembled (see jaxrnn.tuning.assembles_recurrent_cotangent): its weight

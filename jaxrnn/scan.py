@@ -260,7 +260,8 @@ def call_compiled(impl, cell, static: dict, *args, custom_vjp: bool = True):
 
     Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) cannot pass the custom VJPs that
     ``custom_vjp=True`` uses, at any shape: the error then names the option."""
-    key = (impl, tuple(sorted(static.items(), key=lambda kv: kv[0])))
+    # (the tuning policy in force is part of what is traced: jaxrnn.tuning.policy)
+    key = (impl, tuple(sorted(static.items(), key=lambda kv: kv[0])) + (("policy", tuning.forced()),))
     if _hashable(cell) and _hashable(key):
         fn = _COMPILED.get(impl)
         if fn is None:
@@ -349,11 +350,21 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
     whole sequence (:mod:`jaxrnn.hoist`), or ``step`` itself. The loop then resets, steps
     and masks.
     """
-    T = xs_T.shape[0]
-    unroll = default_unroll() if unroll is None else int(unroll)
-    if unroll < 1:
+    if unroll is not None and int(unroll) < 1:
         raise ValueError(f"`unroll` must be a positive int; got {unroll}.")
-    step, inputs, split = _plan(cell, params, h, xs_T, hoist)
+    rows = _rows(h, xs_T)
+    same = unroll is not None and all(f(rows, "cpu") == f(rows, "gpu")
+                                      for f in (tuning.hoists_inputs, tuning.weights_outside))
+    run_on = lambda platform: _generic_on(platform, cell, params, h, xs_T, lengths, flags, reset, reverse=reverse,
+                                          unroll=unroll, remat=remat, hoist=hoist, custom_vjp=custom_vjp)
+    return tuning.for_platform(run_on, same=same)
+
+
+def _generic_on(platform, cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, remat, hoist, custom_vjp):
+    """:func:`_generic` with the choices of ``platform`` (:mod:`jaxrnn.tuning`)."""
+    T = xs_T.shape[0]
+    unroll = default_unroll(platform) if unroll is None else int(unroll)
+    step, inputs, split = _plan(cell, params, h, xs_T, hoist, platform)
     if flags is not None and reset is None:
         reset = jax.tree.map(jnp.zeros_like, h)
     mask = None if lengths is None else jnp.arange(T, dtype=jnp.int32).reshape((T,) + (1,) * lengths.ndim) < lengths
@@ -367,7 +378,7 @@ def _generic(cell, params, h, xs_T, lengths, flags, reset, *, reverse, unroll, r
         # an error naming the option); its weight gradients leave the loop where that pays.
         if custom_vjp and split is not None and split.parts.probes and _all_floating((split.c, h, inputs, reset)):
             return _weights_outside(split, h, inputs, mask, flags, reset, reverse=reverse, unroll=unroll,
-                                    outside=tuning.weights_outside(_rows(h, xs_T)))
+                                    outside=tuning.weights_outside(_rows(h, xs_T), platform))
         return jax.lax.scan(body, h, (inputs, mask, flags), reverse=reverse, unroll=unroll)
     K = int(math.ceil(math.sqrt(T))) if remat is True else int(remat)
     if K < 1:
@@ -406,7 +417,7 @@ def _loop_body(step, reset):
     return body
 
 
-def _plan(cell, params, h, xs_T, hoist: bool):
+def _plan(cell, params, h, xs_T, hoist: bool, platform: str):
     """``(step(h, u_t) -> (h, y), inputs)``: what the loop runs and what it reads each step.
 
     A cell with ``project`` and ``update`` has its projection computed for every step at
@@ -421,7 +432,7 @@ def _plan(cell, params, h, xs_T, hoist: bool):
         fn, inputs = cell.step, xs_T
     if hoist and xs_T.shape[0] > 0:
         parts = _hoist.split(fn, params, h, jax.tree.map(lambda a: a[0], inputs),
-                             hoist_x=tuning.hoists_inputs(_rows(h, xs_T)))
+                             hoist_x=tuning.hoists_inputs(_rows(h, xs_T), platform))
         if parts is not None:
             c = parts.constants(params)
             return (lambda h, r: parts.body(c, h, r)), parts.precompute(params, inputs), _Hoisted(parts, c)

@@ -1,14 +1,25 @@
-"""Backend-specific tuning of the built-in cells' fused path, in one place.
+"""Backend-specific tuning, in one place.
 
-Every choice here changes how fast :mod:`jaxrnn.fused` runs, never what it computes;
-each is documented with the measurement behind it. Nothing here applies to the generic
-path of :func:`jaxrnn.unroll` (custom cells), except :func:`default_unroll`.
+Every choice here changes how fast :mod:`jaxrnn.fused` (and the generic path's hoisting
+and VJP, :func:`hoists_inputs`, :func:`weights_outside`) runs, never what it computes;
+each is documented with the measurement behind it.
+
+**For which platform.** Each choice takes the platform it is made for (``"cpu"``, or an
+accelerator: ``"gpu"``, ``"tpu"``), and the code that uses them runs through
+:func:`for_platform`: where the choices differ between the CPU and accelerators, both
+variants are traced and ``jax.lax.platform_dependent`` keeps the one for the platform
+the program is *lowered* for, so ``jax.export(..., platforms=["cuda"])`` on a CPU host
+gets the accelerator's choices, not this host's. :func:`policy` forces one variant
+instead (the tests run the equivalence grids under both).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from typing import Optional
+import threading
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +28,59 @@ from jaxrnn.cells import _matmul_untransposed
 
 Array = jax.Array
 
-__all__ = ["default_unroll"]
+__all__ = ["default_unroll", "policy", "for_platform"]
+
+#: The platforms the choices distinguish: the CPU, and every accelerator alike.
+PLATFORMS = ("cpu", "gpu")
+
+_forced = threading.local()
+
+
+@contextlib.contextmanager
+def policy(platform: Optional[str]):
+    """Within the block, trace every tuning choice for ``platform`` (``"cpu"``, ``"gpu"`` or
+    ``"tpu"``; None restores the default: decided at lowering by
+    ``jax.lax.platform_dependent``). The choices never change results, only speed, so a
+    program traced under either policy computes the same values on any device.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxrnn
+      >>> cell = jaxrnn.gru(4)
+      >>> with jaxrnn.tuning.policy("gpu"):    # the accelerators' variant, here on the CPU
+      ...     h, ys = jaxrnn.unroll(cell, cell.init(jax.random.key(0), 2), None, jnp.ones((3, 5, 2)))
+      >>> ys.shape
+      (3, 5, 4)
+    """
+    if platform is not None and platform not in ("cpu", "gpu", "tpu", "cuda", "rocm"):
+        raise ValueError(f"`platform` must be 'cpu', 'gpu', 'tpu' or None; got {platform!r}.")
+    before = getattr(_forced, "value", None)
+    _forced.value = None if platform is None else _kind(platform)
+    try:
+        yield
+    finally:
+        _forced.value = before
+
+
+def forced() -> Optional[str]:
+    """The platform :func:`policy` forces (``"cpu"`` or ``"gpu"``), or None."""
+    return getattr(_forced, "value", None)
+
+
+def _kind(platform: str) -> str:
+    return "cpu" if platform == "cpu" else "gpu"
+
+
+def for_platform(run: Callable, *args, same: bool = False):
+    """``run(platform, *args)`` for the platform the program is lowered for: the forced one
+    (:func:`policy`), else both variants under ``jax.lax.platform_dependent`` (``cpu=`` and
+    ``default=``), or one trace when ``same`` says the choices agree."""
+    p = forced()
+    if p is not None:
+        return run(p, *args)
+    if same:
+        return run("cpu", *args)
+    # The branches close over `args` (pytrees that may hold more than arrays).
+    return jax.lax.platform_dependent(cpu=lambda: run("cpu", *args), default=lambda: run("gpu", *args))
 
 
 def default_unroll(backend: Optional[str] = None) -> int:
@@ -35,11 +98,11 @@ def default_unroll(backend: Optional[str] = None) -> int:
 
     TPUs take the GPU's 8, which is unmeasured there. Override with ``unroll=``.
     """
-    backend = backend or jax.default_backend()
+    backend = backend or forced() or jax.default_backend()
     return 1 if backend == "cpu" else 8
 
 
-def hoists_inputs(rows: int, backend: Optional[str] = None) -> bool:
+def hoists_inputs(rows: int, backend: str) -> bool:
     """Whether the generic path computes a step's x-only part (a user cell's ``x @ W``) for
     every step at once before the loop (:mod:`jaxrnn.hoist`), for ``rows`` rows per step
     (batch elements, times spatial positions for a convolutional state). The params-only
@@ -54,11 +117,10 @@ def hoists_inputs(rows: int, backend: Optional[str] = None) -> bool:
     H100 the built-in LSTM's hoisted projection took 21.7 ms fwd+bwd against 24.1 in the
     loop at B64 T512 H512, ANCHORS.md).
     """
-    backend = backend or jax.default_backend()
     return rows <= 8 if backend == "cpu" else True
 
 
-def weights_outside(rows: int, backend: Optional[str] = None) -> bool:
+def weights_outside(rows: int, backend: str) -> bool:
     """Whether the generic path's VJP computes the loop's weight gradients as one product
     over the whole sequence after the backward loop (see :func:`jaxrnn.scan`'s
     ``_weights_outside``) rather than by autodiff's accumulation at every step. Same
@@ -66,11 +128,10 @@ def weights_outside(rows: int, backend: Optional[str] = None) -> bool:
     against 76.5 by autodiff, but B32 146.1 against 135.9 (the per-step cotangent buffers
     it reads and writes cost more than the accumulation there). So on the CPU up to 16
     rows; elsewhere always (unmeasured)."""
-    backend = backend or jax.default_backend()
     return rows <= 16 if backend == "cpu" else True
 
 
-def separates_nonlinearities(backend: Optional[str] = None) -> bool:
+def separates_nonlinearities(backend: str) -> bool:
     """Whether the fused forward loop, when it saves nothing for a backward pass, computes
     a cell's first gate nonlinearity (the GRU's r and z) as a computation of its own,
     apart from the rest of the step's gate arithmetic (``apart`` in
@@ -87,11 +148,10 @@ def separates_nonlinearities(backend: Optional[str] = None) -> bool:
     gradient (fwd+bwd B1 1.04x the time, B32 unchanged), nor for the LSTM, whose
     ``tanh(c')`` follows its gates' ``tanh`` (inference B1 1.20x, B32 1.02x). CPU only;
     elsewhere unmeasured."""
-    backend = backend or jax.default_backend()
     return backend == "cpu"
 
 
-def in_place(cell) -> bool:
+def in_place(cell, backend: str) -> bool:
     """Whether one ``[T, N, G*H]`` buffer (``[N, T, G*H]``, see :func:`batch_major_buffer`)
     serves three arrays in turn: the forward pass writes each step's saved gate
     activations over that step's input projection, which it no longer needs, and the
@@ -110,10 +170,10 @@ def in_place(cell) -> bool:
     on an H100 the in-place forward was slower (LSTM fwd+bwd, unroll 8, medians of 9
     interleaved rounds: 10.7 -> 11.4 ms at B64 T512 H512, 3.33 -> 3.60 ms at B16 T256
     H256), and it is unmeasured on TPUs."""
-    return cell.saves_gate_buffer and jax.default_backend() == "cpu"
+    return cell.saves_gate_buffer and backend == "cpu"
 
 
-def assembles_recurrent_cotangent(nbytes: int) -> bool:
+def assembles_recurrent_cotangent(nbytes: int, backend: str) -> bool:
     """Whether the GRU's in-place backward pass (see :func:`in_place`) assembles the
     recurrent cotangent ``d(a) = [d(gx) of gates r, z; dn * r]``, an array of ``nbytes``
     like ``d(gx)``, for ``dW_hh = d(a)^T h`` and ``db_hh``; or leaves it unassembled, taking
@@ -129,34 +189,34 @@ def assembles_recurrent_cotangent(nbytes: int) -> bool:
     raised took 65 ms with the copies). Where the buffers are small, the wasted products
     cost more: B1 T1000 H128 (1.5 MB) took 1.02x the time without the copies. So the copies
     stay below 8 MB of ``d(gx)``. Elsewhere always (unmeasured)."""
-    return nbytes < (8 << 20) or jax.default_backend() != "cpu"
+    return nbytes < (8 << 20) or backend != "cpu"
 
 
-def batch_major_buffer(cell, batch_major: bool, w_hr) -> bool:
+def batch_major_buffer(cell, batch_major: bool, w_hr, backend: str) -> bool:
     """Whether the in-place buffer (see :func:`in_place`) is ``[N, T, G*H]``: with
     batch-major inputs, the input projection is then made from ``xs`` as it is, and
     the backward pass's ``dxs`` and ``dW_ih`` come from the gate cotangents in that
     layout too, so ``xs`` is never copied into time-major order and ``dxs`` never out
     of it. (Not with a projection, whose backward reads the activations after the loop.)"""
-    return batch_major and w_hr is None and in_place(cell)
+    return batch_major and w_hr is None and in_place(cell, backend)
 
 
-def keeps_batch_major(remat, custom_vjp: bool, empty: bool) -> bool:
+def keeps_batch_major(remat, custom_vjp: bool, empty: bool, backend: str) -> bool:
     """Whether batch-major ``xs`` reach the fused recurrence as they are: on the CPU,
     with the custom VJP and no remat, its backward pass keeps ``xs`` itself for the
     input-weight gradient, instead of the time-major copy made for the input projection,
     which would otherwise stay alive through the backward loop alongside everything else
     it keeps; the LSTM's fwd+bwd makes no time-major copy at all (see
     :func:`batch_major_buffer`)."""
-    return not (remat or not custom_vjp or empty or jax.default_backend() != "cpu")
+    return not (remat or not custom_vjp or empty or backend != "cpu")
 
 
-def transposed_recurrent_weight(w_hh: Array) -> Optional[Array]:
+def transposed_recurrent_weight(w_hh: Array, backend: str) -> Optional[Array]:
     """``w_hh.T`` materialised once, outside the loop, or None to let the product read
     ``w_hh`` as it is. On the CPU the in-loop product with the transposed operand was
     slower (fwd+bwd B32 T128 H256, A/B in one process: 0.98x the time for LSTM and GRU;
     B1 unchanged). Elsewhere it is unmeasured."""
-    return w_hh.T if jax.default_backend() == "cpu" else None
+    return w_hh.T if backend == "cpu" else None
 
 
 # The in-loop products on few CPU cores (see column_blocks).
@@ -171,7 +231,7 @@ def _cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def column_blocks(w: Array, n: int, loop: str):
+def column_blocks(w: Array, n: int, loop: str, backend: str):
     """Column blocks of the weight ``w`` (``[K, M]``) of a loop's per-step product
     ``[n, K] x [K, M]``, or None to leave the product whole: ``w_hh.T`` in the forward
     loop, ``w_hh`` in the backward loop.
@@ -196,7 +256,7 @@ def column_blocks(w: Array, n: int, loop: str):
     H128: 1.04-1.07x the time in 4 blocks), nor off the CPU.
     """
     K, M = w.shape
-    if (jax.default_backend() != "cpu" or _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS
+    if (backend != "cpu" or _cpu_cores() > 2 or K * M <= _BLOCK_ELEMENTS
             or 2 * n * K * M > _BLOCK_MAX_FLOPS[loop]):
         return None
     count = -(-K * M // _BLOCK_ELEMENTS)

@@ -340,8 +340,8 @@ def test_unsupported_models():
     with pytest.raises(ValueError, match="not built"):
         from_keras(L.LSTM(3))
     inp = keras.Input((None, I))
-    with pytest.raises(TypeError, match="functional models"):
-        from_keras(keras.Model(inp, L.LSTM(3)(inp)))
+    with pytest.raises(ValueError, match="Conv1D 'conv' has no jaxrnn counterpart"):
+        from_keras(keras.Model(inp, L.LSTM(3)(L.Conv1D(2, 1, name="conv")(inp))))
     with pytest.raises(TypeError, match="`layer_or_model` must be a Keras layer"):
         from_keras(object())
 

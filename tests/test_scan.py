@@ -167,9 +167,10 @@ def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, asse
     monkeypatch.setattr(tuning, "_cpu_cores", lambda: 2)
     cell, params, h0, xs = inputs(name, (3,), H=5)
     monkeypatch.setattr(tuning, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)  # about three blocks
+    jax.clear_caches()  # unroll's compiled programs were traced with the unpatched choices
     widths = []
     for w, loop in ((params.w_hh.T, "forward"), (params.w_hh, "backward")):
-        blocks = tuning.column_blocks(w, 3, loop)
+        blocks = tuning.column_blocks(w, 3, loop, "cpu")
         assert blocks is not None and len(blocks) > 1, loop
         np.testing.assert_array_equal(jnp.concatenate(blocks, axis=1), w)
         widths.append({b.shape[1] for b in blocks})
@@ -190,16 +191,16 @@ def test_column_blocks_only_for_small_products_on_two_cores(monkeypatch):
 
     w = jnp.zeros((256, 1024))  # LSTM H256: w_hh.T; w_hh is its transpose
     monkeypatch.setattr(tuning, "_cpu_cores", lambda: 2)
-    assert [b.shape for b in tuning.column_blocks(w, 32, "forward")] == [(256, 256)] * 4
-    assert tuning.column_blocks(w.T, 32, "backward") is None  # 16.8 MFLOP a step: left whole
-    assert [b.shape for b in tuning.column_blocks(w.T, 16, "backward")] == [(1024, 64)] * 4
+    assert [b.shape for b in tuning.column_blocks(w, 32, "forward", "cpu")] == [(256, 256)] * 4
+    assert tuning.column_blocks(w.T, 32, "backward", "cpu") is None  # 16.8 MFLOP a step: left whole
+    assert [b.shape for b in tuning.column_blocks(w.T, 16, "backward", "cpu")] == [(1024, 64)] * 4
     gru = jnp.zeros((768, 256))  # GRU H256: w_hh, in three equal-as-can-be blocks
-    assert [b.shape for b in tuning.column_blocks(gru, 16, "backward")] == [(768, 86)] * 2 + [(768, 84)]
-    assert tuning.column_blocks(jnp.zeros((128, 512)), 1, "forward") is None  # one block's worth already
-    assert tuning.column_blocks(jnp.zeros((512, 2048)), 64, "forward") is None  # 134 MFLOP a step
+    assert [b.shape for b in tuning.column_blocks(gru, 16, "backward", "cpu")] == [(768, 86)] * 2 + [(768, 84)]
+    assert tuning.column_blocks(jnp.zeros((128, 512)), 1, "forward", "cpu") is None  # one block's worth already
+    assert tuning.column_blocks(jnp.zeros((512, 2048)), 64, "forward", "cpu") is None  # 134 MFLOP a step
     monkeypatch.setattr(tuning, "_cpu_cores", lambda: 4)
-    assert tuning.column_blocks(w, 32, "forward") is None
-    assert tuning.column_blocks(w.T, 4, "backward") is None
+    assert tuning.column_blocks(w, 32, "forward", "cpu") is None
+    assert tuning.column_blocks(w.T, 4, "backward", "cpu") is None
 
 
 def _float64(tree):
@@ -249,7 +250,8 @@ def test_float64_column_blocks(name, monkeypatch, inputs):
         cell, params, h0, xs = inputs(name, (3,), H=5)
         params, h0, xs = _float64((params, h0, xs))
         monkeypatch.setattr(tuning, "_BLOCK_ELEMENTS", params.w_hh.size // 3 + 1)
-        assert tuning.column_blocks(params.w_hh, 3, "backward") is not None
+        jax.clear_caches()
+        assert tuning.column_blocks(params.w_hh, 3, "backward", "cpu") is not None
         lengths = jnp.array([T, 0, 3])
         f = lambda run, p: jnp.sum(jnp.sin(run(cell, p, h0, xs, seq_lengths=lengths, reverse=True)[1]))
         got = jax.jit(jax.value_and_grad(functools.partial(f, jaxrnn.unroll)))(params)
@@ -454,25 +456,31 @@ def test_gradient_updates_its_buffer_in_place(kind, B, T, key):
                     assert _rearrangements_of(text, f"f32[{B},{T},{I}]") == [], label
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU-only choice (jaxrnn.tuning.separates_nonlinearities)")
 def test_gru_inference_keeps_its_two_nonlinearities_apart(monkeypatch, key, assert_close):
-    """GRU inference on the CPU computes sigmoid(r, z) in a conditional of its own, so that
-    XLA does not fuse it with the n gate's tanh (which it would leave unvectorised). This
-    guards the structure of the compiled program; with the choice off there is no
-    conditional, and the outputs are the same."""
+    """GRU inference on the CPU computes sigmoid(r, z) apart, behind an optimization
+    barrier, so that XLA does not fuse it with the n gate's tanh (which it would leave
+    unvectorised). This guards the structure of the compiled program; with the choice off
+    there is no barrier, and the outputs are the same. The choice is the CPU's
+    (jaxrnn.tuning.separates_nonlinearities): the accelerators' variant has no barrier."""
     from jaxrnn import tuning
 
     cell = jaxrnn.gru(8)
     params = jax.tree.map(lambda a: a + 0.1, cell.init(key, 4))
     xs = jnp.linspace(-2.0, 2.0, 60).reshape(3, 5, 4)
     outs, counts = [], []
-    for separate in (True, False):
-        monkeypatch.setattr(tuning, "separates_nonlinearities", lambda: separate)
-        run = jax.jit(lambda p, x: jaxrnn.unroll(cell, p, None, x)[1])
-        counts.append(len(re.findall(r"\bconditional\(", run.lower(params, xs).compile().as_text())))
-        outs.append(run(params, xs))
-    assert counts == [1, 0]
+    for policy, separate in (("cpu", True), ("cpu", False), ("gpu", None)):
+        if separate is not None:
+            monkeypatch.setattr(tuning, "separates_nonlinearities", lambda backend, s=separate: s)
+        jax.clear_caches()
+        with tuning.policy(policy):
+            run = jax.jit(lambda p, x: jaxrnn.unroll(cell, p, None, x)[1])
+            counts.append(len(re.findall(r"\bopt-barrier\(", run.lower(params, xs).as_text(dialect="hlo"))))
+            outs.append(run(params, xs))
+    monkeypatch.undo()
+    jax.clear_caches()
+    assert counts == [1, 0, 0]
     assert_close(outs[0], outs[1])
+    assert_close(outs[0], outs[2])
 
 
 @pytest.mark.parametrize("assembled", [True, False])
@@ -484,7 +492,8 @@ def test_gru_recurrent_cotangent_assembled_or_not(assembled, monkeypatch, normal
     layouts."""
     from jaxrnn import tuning
 
-    monkeypatch.setattr(tuning, "assembles_recurrent_cotangent", lambda nbytes: assembled)
+    monkeypatch.setattr(tuning, "assembles_recurrent_cotangent", lambda nbytes, backend: assembled)
+    jax.clear_caches()
     B, T_, I, H = 3, 6, 4, 5
     for bias in (True, False):
         cell = jaxrnn.gru(H, bias=bias)
