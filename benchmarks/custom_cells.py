@@ -23,7 +23,6 @@ import argparse
 import importlib
 import pathlib
 import re
-import shutil
 import statistics
 import subprocess
 import sys

@@ -24,7 +24,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import device_info, device_slug, format_table, time_compile, time_fn, write_json  # noqa: E402

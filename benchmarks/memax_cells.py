@@ -52,7 +52,7 @@ from jaxrnn.zoo.lru import lru
 from jaxrnn.zoo.s6 import s6
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, format_table, write_json  # noqa: E402
+from _common import device_info, device_slug, write_json  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

@@ -43,7 +43,6 @@ nothing unless ``--json``/``--plot`` are given).
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import resource
 import statistics
@@ -53,7 +52,6 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxrnn
 

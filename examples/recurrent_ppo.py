@@ -405,7 +405,6 @@ def run(cfg: Config, seeds, eval_every: int, label: str):
     curves. Training time (compile included) excludes the periodic evaluations."""
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     eval_keys = jnp.stack([jax.random.key(10_000 + s) for s in seeds])
-    n_chunks = -(-cfg.num_updates // eval_every)
     sizes = [eval_every] * (cfg.num_updates // eval_every) + (
         [cfg.num_updates % eval_every] if cfg.num_updates % eval_every else [])
     chunk_fns = {}

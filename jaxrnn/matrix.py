@@ -62,7 +62,6 @@ Masks, with :func:`jaxrnn.unroll`'s meaning:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import jax

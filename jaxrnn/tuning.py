@@ -16,7 +16,6 @@ instead (the tests run the equivalence grids under both).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 from typing import Callable, Optional

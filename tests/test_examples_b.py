@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxrnn
 
 pytestmark = pytest.mark.slow  # the example scripts' smoke runs: outside the fast lane (`pytest -m "not slow"`)
 

@@ -19,8 +19,8 @@ from jax.test_util import check_grads
 
 from jaxrnn.cells import LSTMState
 from jaxrnn.zoo.convlstm import ConvLSTMParams, conv_lstm
-from jaxrnn.zoo.layernorm import LayerNormGRUParams, LayerNormLSTMParams, layernorm_gru, layernorm_lstm
-from jaxrnn.zoo.peephole import PeepholeLSTMParams, peephole_lstm
+from jaxrnn.zoo.layernorm import layernorm_gru, layernorm_lstm
+from jaxrnn.zoo.peephole import peephole_lstm
 from _compat import enable_x64
 
 H, I = 3, 2                    # hidden and input size of the vector cells

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxrnn
-from jaxrnn.zoo.mamba2 import Mamba2Params, Mamba2State, mamba2
+from jaxrnn.zoo.mamba2 import Mamba2State, mamba2
 from _compat import enable_x64
 
 pytest.importorskip("jaxrnn.matrix")

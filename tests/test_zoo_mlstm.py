@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxrnn
-from jaxrnn.zoo.mlstm import MLSTMParams, MLSTMState, mlstm, mlstm_chunkwise, mlstm_step
+from jaxrnn.zoo.mlstm import MLSTMState, mlstm, mlstm_chunkwise, mlstm_step
 from _compat import enable_x64
 
 B, I = 3, 12

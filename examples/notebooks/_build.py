@@ -279,7 +279,6 @@ with `block_until_ready`, median of repeats). Set `JAXRNN_NOTEBOOK_SMALL=1` for 
 import time
 
 import jax.numpy as jnp
-import numpy as np
 
 B, I, H = (8, 16, 32) if SMALL else (32, 64, 128)
 TS = [4, 16] if SMALL else [16, 64, 256, 1024]

@@ -33,7 +33,6 @@ from typing import ClassVar, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxrnn.matrix import DEFAULT_CHUNK_SIZE, matrix_scan, matrix_step
 from jaxrnn.zoo import _common as C

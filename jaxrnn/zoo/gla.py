@@ -19,7 +19,6 @@ the low-rank gate's bias too), ``o_norm`` ones.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar, NamedTuple, Optional
 
 import jax
