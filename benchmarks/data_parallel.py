@@ -41,7 +41,9 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import argparse
+import math
 import pathlib
+import re
 import statistics
 import time
 
@@ -74,6 +76,22 @@ def make_loss(net):
     return loss_fn
 
 
+def collectives(hlo: str) -> dict:
+    """The collectives of a compiled program (its optimised HLO text): the count of each kind,
+    and the elements all-reduced in all (a data-parallel gradient all-reduces each parameter
+    once, so this equals the parameter count, plus the loss and metrics)."""
+    out = {kind: len(re.findall(rf"\b{kind}(-start)?\(", hlo))
+           for kind in ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")}
+    elements = 0
+    for line in hlo.splitlines():
+        m = re.search(r"= (\(.*?\)|\S+) all-reduce(-start)?\(", line)
+        if m:
+            elements += sum(math.prod(int(d) for d in dims.split(",") if d)
+                            for dims in re.findall(r"[a-z]+\d*\[([\d,]*)\]", m.group(1)))
+    out["all_reduce_elements"] = elements
+    return out
+
+
 def bench(n, args, net, params, tx):
     mesh = distributed.data_mesh(jax.devices()[:n])
     batch_size = args.batch * n if args.scaling == "weak" else args.batch
@@ -83,6 +101,9 @@ def bench(n, args, net, params, tx):
     batch = distributed.shard_batch(batch, mesh)
     state = distributed.replicate(train.TrainState.create(params, tx), mesh)
     step = train.make_train_step(make_loss(net), tx, mesh=mesh)
+    # The same step compiled apart (not jitted by make_train_step), for its collectives.
+    plain = train.make_train_step(make_loss(net), tx, jit=False)  # (inputs already sharded)
+    compiled = collectives(jax.jit(plain).lower(state, batch).compile().as_text())
 
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
@@ -107,6 +128,7 @@ def bench(n, args, net, params, tx):
         "steps_per_s": 1.0 / t,
         "examples_per_s": batch_size / t,
         "loss": float(metrics["loss"]),
+        **{k.replace("-", "_"): v for k, v in compiled.items()},
     }
 
 
@@ -156,8 +178,12 @@ def main(argv=None):
     config = {k: v for k, v in vars(args).items() if k != "json"}
     title = (f"LSTM train step, {args.scaling} scaling, B={args.batch}{' per device' if args.scaling == 'weak' else ''}"
              f", T={args.seq_len}, I={args.input_size}, H={args.hidden}, layers={args.layers} ({env['backend']})")
+    n_params = sum(int(a.size) for a in jax.tree.leaves(params))
+    print(f"parameters: {n_params} elements (a data-parallel step all-reduces each once)")
+    config["parameter_elements"] = n_params
     print_table(rows, ["devices", "global_batch", "per_device_batch", "first_call_s", "step_ms", "steps_per_s",
-                       "examples_per_s", "speedup", "throughput_speedup"],
+                       "examples_per_s", "speedup", "throughput_speedup", "all_gather", "all_reduce",
+                       "all_reduce_elements", "all_to_all", "collective_permute"],
                 {"first_call_s": ".2f", "step_ms": ".2f", "steps_per_s": ".1f", "examples_per_s": ".0f",
                  "speedup": ".2f", "throughput_speedup": ".2f"}, title=title)
     if args.json:
