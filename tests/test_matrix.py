@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxrnn.matrix import matrix_scan
-from tests._fla_ref import naive
+from _fla_ref import naive
 
 F32, BF16 = 1e-5, 2e-3
 

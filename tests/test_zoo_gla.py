@@ -10,7 +10,7 @@ import pytest
 
 import jaxrnn
 from jaxrnn.zoo.gla import gla
-from tests.test_zoo_deltanet import F32, python_loop, random_state, rel_rms
+from test_zoo_deltanet import F32, python_loop, random_state, rel_rms
 
 CELLS = {
     "gla": lambda: gla(16, num_heads=2),
