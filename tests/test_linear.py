@@ -306,7 +306,6 @@ def test_auto_mode():
         (dict(mode="chunked", chunk_size=0), ValueError, "`chunk_size`"),
         (dict(seq_lengths=jnp.array([1.0, 2.0])), TypeError, "`seq_lengths`"),
         (dict(seq_lengths=jnp.array([1, 2, 3])), ValueError, "`seq_lengths`"),
-        (dict(seq_lengths=jnp.array([1, 9])), ValueError, r"\[0, T=5\]"),
         (dict(resets=jnp.zeros((2, 5), jnp.int32)), TypeError, "`resets`"),
         (dict(resets=jnp.zeros((5, 2), bool)), ValueError, "`resets`"),
         (dict(reset_state=jnp.zeros((2, 3))), ValueError, "`reset_state`"),
@@ -316,6 +315,16 @@ def test_errors_name_the_argument(kwargs, exc, match):
     a = jnp.full((2, 5, 3), 0.5)
     with pytest.raises(exc, match=match):
         linear_scan(a, a, **kwargs)
+
+
+def test_lengths_outside_range_act_as_the_nearest_bound():
+    """One meaning in jit or not (no host sync): a length above T acts as T, below 0 as 0."""
+    a = jnp.full((2, 5, 3), 0.5)
+    for mode in ("sequential", "chunked"):
+        got = linear_scan(a, a, seq_lengths=jnp.array([9, -1]), mode=mode, chunk_size=2)
+        want = linear_scan(a, a, seq_lengths=jnp.array([5, 0]), mode=mode, chunk_size=2)
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
 
 
 def test_errors_shapes_and_pairs():
