@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.linear import _acc_dtype, _check_lengths
+from jaxrnn.linear import _acc_dtype, _check_lengths, _check_resets
 
 Array = jax.Array
 
@@ -292,22 +292,6 @@ def _as_float(x, name: str) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a floating-point array; got dtype {x.dtype}.")
     return jnp.asarray(x)
-
-
-def _check_resets(resets, batch_shape: tuple, T: int, time_major: bool) -> Optional[Array]:
-    """``resets`` as bool ``[T, *batch]``."""
-    if resets is None:
-        return None
-    if not hasattr(resets, "dtype"):
-        resets = np.asarray(resets)
-    if resets.dtype != jnp.bool_:
-        raise TypeError(f"`resets` must be a bool array; got dtype {resets.dtype}.")
-    want = (T,) + batch_shape if time_major else batch_shape + (T,)
-    if tuple(resets.shape) != want:
-        layout = "[T, *batch]" if time_major else "[*batch, T]"
-        raise ValueError(f"`resets` must have shape {layout} = {list(want)}; got {tuple(resets.shape)}.")
-    resets = jnp.asarray(resets)
-    return resets if time_major else jnp.moveaxis(resets, -1, 0)
 
 
 # --------------------------------------------------------------------------- sequential
