@@ -214,7 +214,15 @@ def test_num_feature_axes_conv_cell(assert_close):
 # ---------------------------------------------------------------------------- hoisting
 def _subjaxprs(eqn):
     """The jaxprs in an equation's params (scan bodies, custom_vjp and jit calls): read
-    directly, as jax.extend.core.jaxprs_in_params is not in every jax the package allows."""
+    directly, as jax.extend.core.jaxprs_in_params is not in every jax the package allows.
+    A ``lax.platform_dependent`` choice (a cond with ``branches_platforms``, which older jax
+    keeps in the jaxpr) yields only the branch that runs here, on the CPU."""
+    platforms = eqn.params.get("branches_platforms")
+    if platforms is not None:
+        cpu = [i for i, ps in enumerate(platforms) if ps is not None and "cpu" in ps]
+        index = cpu[0] if cpu else platforms.index(None)
+        yield eqn.params["branches"][index].jaxpr
+        return
     for v in eqn.params.values():
         for x in (v if isinstance(v, (tuple, list)) else (v,)):
             if hasattr(x, "eqns"):

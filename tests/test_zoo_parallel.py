@@ -256,7 +256,8 @@ def test_through_unroll_modes(name, mode, reverse):
 
     def loss(params, h, mode):
         h_out, ys = jaxrnn.unroll(cell, params, h, xs_b, seq_lengths=lengths, resets=resets_b, reset_state=r,
-                                  reverse=reverse, mode=mode, chunk_size=8)
+                                  reverse=reverse, mode=mode,
+                                  chunk_size=8 if mode in ("chunked", "auto") else None)
         return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(h_out)), (h_out, ys)
 
     run = jax.jit(lambda p, h: [jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, h, m)
