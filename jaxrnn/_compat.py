@@ -8,9 +8,13 @@ One room for every version shim, so that the rest of the library reads one API:
   re-entered around the bind), and the jaxprs an equation's params hold;
 * ``jax_version`` / ``jaxlib_version``: the versions in use, as tuples of ints.
 
-No capability jaxrnn uses is missing from jax 0.7.2: the bfloat16 products on XLA:CPU reported
-failing on jaxlib 0.8.1 compile and run on 0.7.2 (tests/test_cells.py's bfloat16 grid passes
-there), so no version check guards them.
+* ``widen_low_precision_products``: XLA:CPU before jaxlib 0.10.1 has no kernel for some
+  bfloat16 x bfloat16 -> float32 products (``Unsupported element type for DotThunk::Execute:
+  BF16 x BF16 = F32`` on jaxlib 0.7.2, for a ``[T, N, K]`` product, eagerly and inside some
+  jitted programs). There the operands, already rounded to bfloat16, are widened to float32
+  before the product: a bfloat16 (or float16) value is exactly a float32 value and the product
+  of two is exact in float32, so the result is the one the native kernel computes (float32
+  accumulation), up to the order of the sum.
 
 Each shim gives the same result on every version; nothing here changes a number.
 """
@@ -33,7 +37,7 @@ except ImportError:  # jax 0.7: still public in jax.core
     from jax.core import DropVar
 
 __all__ = ["DropVar", "Literal", "bind_equation", "equation_context", "is_drop", "is_literal",
-           "jax_version", "jaxlib_version", "subjaxprs"]
+           "jax_version", "jaxlib_version", "subjaxprs", "widen_low_precision_products"]
 
 
 def _version_tuple(text: str) -> tuple:
@@ -48,6 +52,15 @@ try:
     jaxlib_version = _version_tuple(jaxlib.__version__)
 except (ImportError, AttributeError):  # pragma: no cover
     jaxlib_version = jax_version
+
+
+# ------------------------------------------------------------------ low-precision products
+def widen_low_precision_products(operand_dtype, result_dtype) -> bool:
+    """Whether a product of ``operand_dtype`` operands into ``result_dtype`` must widen its
+    operands to ``result_dtype`` first: a 16-bit float into float32, on XLA:CPU (the default
+    backend) before jaxlib 0.10.1, which lacks the kernel. Exact (see the module's notes)."""
+    return (jaxlib_version < (0, 10, 1) and jax.numpy.dtype(operand_dtype).itemsize == 2
+            and jax.numpy.dtype(result_dtype) != jax.numpy.dtype(operand_dtype) and jax.default_backend() == "cpu")
 
 
 # ---------------------------------------------------------------------------- jaxpr internals

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn import _compat
+
 Array = jax.Array
 
 __all__ = [
@@ -706,17 +708,28 @@ def operand_dtypes(x_dtype, w_dtype, compute_dtype):
     return (acc if jnp.dtype(compute_dtype) == jnp.float32 else compute_dtype), acc
 
 
+def operands(x: Array, w: Array, compute_dtype):
+    """``(x, w, result dtype)`` for a product: ``x`` and ``w`` rounded to the operand dtype of
+    :func:`operand_dtypes` (and, where the installed XLA:CPU has no kernel for that product,
+    widened exactly to the result dtype: :func:`jaxrnn._compat.widen_low_precision_products`)."""
+    cd, acc = operand_dtypes(x.dtype, w.dtype, compute_dtype)
+    x, w = x.astype(cd), w.astype(cd)
+    if _compat.widen_low_precision_products(cd, acc):
+        x, w = x.astype(acc), w.astype(acc)
+    return x, w, acc
+
+
 def _matmul(x: Array, w: Array, compute_dtype) -> Array:
     """``x @ w.T`` with operands in ``compute_dtype`` and a float32 (float64) result."""
-    cd, acc = operand_dtypes(x.dtype, w.dtype, compute_dtype)
-    return jnp.einsum("...i,gi->...g", x.astype(cd), w.astype(cd), preferred_element_type=acc)
+    x, w, acc = operands(x, w, compute_dtype)
+    return jnp.einsum("...i,gi->...g", x, w, preferred_element_type=acc)
 
 
 def _matmul_untransposed(x: Array, w: Array, compute_dtype) -> Array:
     """``x @ w`` with a float32 (float64) result. Writing it ``_matmul(x, w.T)`` inside a
     loop made XLA:CPU transpose ``w`` at every step (4x slower fwd+bwd at B=1)."""
-    cd, acc = operand_dtypes(x.dtype, w.dtype, compute_dtype)
-    return jnp.einsum("...g,gh->...h", x.astype(cd), w.astype(cd), preferred_element_type=acc)
+    x, w, acc = operands(x, w, compute_dtype)
+    return jnp.einsum("...g,gh->...h", x, w, preferred_element_type=acc)
 
 
 def _describe(x) -> str:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import tuning
-from jaxrnn.cells import _matmul, _matmul_untransposed, acc_dtype, operand_dtypes
+from jaxrnn.cells import _matmul, _matmul_untransposed, acc_dtype, operands
 
 Array = jax.Array
 
@@ -115,8 +115,8 @@ def _seq_matmul(x_TNK, w, compute_dtype):
     One ``dot_general`` over the last axis, with time and batch kept as two axes of their
     own: reshaping to ``[T*N, K]`` would merge time with a batch axis sharded over devices,
     and GSPMD would then gather the whole batch on every device."""
-    cd, acc = operand_dtypes(x_TNK.dtype, w.dtype, compute_dtype)
-    return jax.lax.dot_general(x_TNK.astype(cd), w.astype(cd), (((2,), (1,)), ((), ())), preferred_element_type=acc)
+    x_TNK, w, acc = operands(x_TNK, w, compute_dtype)
+    return jax.lax.dot_general(x_TNK, w, (((2,), (1,)), ((), ())), preferred_element_type=acc)
 
 
 def _weight_grad(d, x, compute_dtype, batch_major: bool):
@@ -129,8 +129,7 @@ def _weight_grad(d, x, compute_dtype, batch_major: bool):
     both axes as they are: merging ``[T, N]`` would put the sharded batch axis inside the
     merged one, and GSPMD would gather the whole batch on every device. (XLA:CPU makes a
     transposed copy of ``d`` for that contraction; see the GRU's tail below.)"""
-    cd, acc = operand_dtypes(d.dtype, x.dtype, compute_dtype)
-    d, x = d.astype(cd), x.astype(cd)
+    d, x, acc = operands(d, x, compute_dtype)
     if batch_major:
         M = d.shape[0] * d.shape[1]
         return jnp.dot(d.reshape(M, d.shape[-1]).T, x.reshape(M, x.shape[-1]), preferred_element_type=acc)

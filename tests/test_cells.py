@@ -158,6 +158,7 @@ def test_no_bias(name, make_cell, key, normal, assert_close):
     assert_close(out, zero_bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gru", "lstm_proj"])
 def test_bfloat16_compute(name, make_cell, random_params, random_state, normal, tol, assert_close):
     """bf16 matrix products: finite, close to float32, params and state stay float32."""

@@ -95,6 +95,7 @@ def refused(path, target, damaged: bytes):
 
 # ------------------------------------------------------------------------------ round trip
 
+@pytest.mark.slow
 def test_round_trip_is_exact_and_the_header_holds_the_checksum(saved, state):
     data = saved.read_bytes()
     header, offset = split(data)

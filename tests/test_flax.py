@@ -120,6 +120,7 @@ class NNXModel(nnx.Module):
         return self.rnn(xs, seq_lengths=lengths)[1]
 
 
+@pytest.mark.slow
 def test_nnx_model_trains_like_functional_code(assert_close):
     model = NNXModel(rngs=nnx.Rngs(0))
     assert_close(model.rnn.params, _nnx_initial_params())
@@ -199,6 +200,7 @@ def test_linen_rnn_is_the_functional_call(assert_close):
     assert isinstance(jaxrnn.linen.params_of(init), jaxrnn.GRUParams)
 
 
+@pytest.mark.slow
 def test_nnx_split_merge_state_and_jit(assert_close):
     model = NNXModel(rngs=nnx.Rngs(0))
     call = nnx.jit(lambda m: m(XS, LENGTHS))
@@ -225,6 +227,7 @@ def test_nnx_split_merge_state_and_jit(assert_close):
 DROPNET = jaxrnn.stack(jaxrnn.gru(5), num_layers=2, dropout=0.5)
 
 
+@pytest.mark.slow
 def test_nnx_dropout_on_in_train_off_in_eval(assert_close):
     rnn = jaxrnn.nnx.RNN(DROPNET, I, rngs=nnx.Rngs(0, dropout=1))
     call = nnx.jit(lambda m: m(XS)[1])
@@ -285,6 +288,7 @@ def test_jaxrnn_cell_in_flax_nnx_bidirectional(assert_close):
     assert_close(_valid(bi(XS, seq_lengths=lengths), lengths), net(params, None, XS, seq_lengths=lengths)[1])
 
 
+@pytest.mark.slow
 def test_jaxrnn_cell_in_flax_nnx_rnn_gradient(assert_close):
     cell = jaxrnn.lstm(5)
     layer = nnx.RNN(jaxrnn.nnx.Cell(cell, I, rngs=nnx.Rngs(0)), rngs=False)
@@ -352,6 +356,7 @@ def _loop(cell, params, h, xs):
     return h, jnp.stack(ys, 1)
 
 
+@pytest.mark.slow
 def test_custom_cell_through_flax_cells(assert_close):
     cell = Minimal()
     h0 = _normal((B, 4), 4)
@@ -414,6 +419,7 @@ def _flax_carry(kind, seed):
     return (_normal((B, 5), seed + 1), h) if kind != "gru" else h
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lstm", "olstm", "gru"])
 def test_flax_nnx_cell_weights_give_flax_outputs_and_gradients(kind):
     module = _nnx_cell(kind, 3)
@@ -442,6 +448,7 @@ def test_flax_nnx_cell_weights_give_flax_outputs_and_gradients(kind):
     _close(_arrays(nnx.state(back, nnx.Param)), _arrays(nnx.state(module, nnx.Param)), atol=0, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lstm", "olstm", "gru"])
 def test_flax_linen_cell_weights_give_flax_outputs_and_gradients(kind):
     cls = {"lstm": nn.LSTMCell, "olstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[kind]

@@ -153,6 +153,7 @@ def _keras():
     return keras
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_matches_keras_gru_reset_before(use_bias):
     """Keras' ``GRU(reset_after=False)``: kernel ``[I, 3H]`` in gate order z, r, h and one

@@ -79,6 +79,7 @@ class ScaledPeephole(jaxrnn.zoo.PeepholeLSTMCell):
         return type(h)(0.5 * hh, c), 0.5 * hh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sequential", "newton"])
 def test_subclass_step_is_what_runs(mode):
     xs, lengths, resets = _data()
@@ -201,6 +202,7 @@ def test_data_parallel_keeps_the_batch_sharded(collectives, policy, name):
 # --------------------------------------------------------------------------- 3. backend policy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["cpu", "gpu"])
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 def test_fused_equals_generic_under_both_policies(policy, kind):
@@ -255,6 +257,7 @@ def test_policy_rejects_an_unknown_platform():
 # --------------------------------------------------------------------------- 4. forward mode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [2, 32])
 def test_forward_mode_does_not_depend_on_the_batch_size(batch):
     def step(p, h, x):
@@ -279,6 +282,7 @@ def test_forward_mode_does_not_depend_on_the_batch_size(batch):
     np.testing.assert_allclose(float(tangent), float(want), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_grad_of_a_jitted_unroll():
     """jax.grad around a jit (not jit around grad) of the generic path's custom VJP: it
     closed over traced values and failed with 'No constant handler'."""
@@ -306,6 +310,7 @@ def test_sigmoid_matches_float64_over_the_range(fn):
     assert float(fn(jnp.float32(-17.0))) > 4e-8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_saturated_gates_keep_value_and_gradient(kind):
     """A step whose gate pre-activations reach +-20: outputs and gradients against the
@@ -340,6 +345,7 @@ def test_lstm_state_must_be_an_lstm_state():
 # --------------------------------------------------------------------------- 7. options
 
 
+@pytest.mark.slow
 def test_options_that_do_not_apply_are_refused():
     cell = jaxrnn.gru(H)
     p = cell.init(jax.random.key(0), I)
@@ -466,6 +472,7 @@ def test_every_imported_package_is_declared():
 # --------------------------------------------------------------------------- 11. linear_scan memory
 
 
+@pytest.mark.slow
 def test_linear_scan_keeps_a_constant_a_unbroadcast():
     """A coefficient constant in time ([H], the LRU's lambda) is never held at [T, B, H]:
     the VJP's residuals hold one such array (the states), not two."""

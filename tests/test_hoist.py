@@ -158,6 +158,7 @@ def test_split_parts_reproduce_the_step(name):
         np.testing.assert_allclose(np.asarray(h_hoisted), np.asarray(h_ref), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_unroll_hoisted_equals_as_written_and_the_python_loop(name):
     """Values and gradients (params, initial state, inputs) with ragged lengths incl. 0."""

@@ -17,6 +17,7 @@ def _python(code: str, *flags: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_import_jaxrnn_imports_no_flax_torch_or_keras():
     """``python -X importtime -c "import jaxrnn"`` lists every module imported: none of flax,
     torch or keras (nor their submodules)."""
@@ -28,6 +29,7 @@ def test_import_jaxrnn_imports_no_flax_torch_or_keras():
     assert heavy == [], f"import jaxrnn imported {heavy}"
 
 
+@pytest.mark.slow
 def test_one_import_gives_nnx_linen_and_zoo():
     """The README's flax section after a bare ``import jaxrnn``: ``jaxrnn.nnx.RNN`` runs and
     agrees with the functional call; ``jaxrnn.linen`` and ``jaxrnn.zoo`` are there too. flax
@@ -55,6 +57,7 @@ def test_one_import_gives_nnx_linen_and_zoo():
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
 
 
+@pytest.mark.slow
 def test_unknown_attribute_is_an_attribute_error():
     run = _python("""
         import jaxrnn
@@ -67,6 +70,7 @@ def test_unknown_attribute_is_an_attribute_error():
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpu", [True, False])
 def test_notebook_setup_cell_says_when_jax_fell_back_to_the_cpu(gpu):
     """The notebooks' first cell, run as it is with JAX on the CPU: on a machine with a GPU

@@ -81,6 +81,7 @@ LAYERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, return_sequences", [
     pytest.param(*m.values, rs, id=f"{m.id}-{'seq' if rs else 'last'}", marks=m.marks)
     for rs in (True, False) for m in (LAYERS if rs else LAYERS[-1:])])
@@ -117,6 +118,7 @@ def test_no_mask_and_seq_lengths():
 @pytest.mark.parametrize("zero_output_for_mask, unroll, go_backwards", [
     (False, False, True), (True, False, False), (False, True, False), (True, True, True),
 ])
+@pytest.mark.slow
 def test_masked_step_outputs(zero_output_for_mask, unroll, go_backwards):
     """What Keras returns at a masked step: zero, the previous output, or (before the first
     unmasked step) the initial state, or zero with ``unroll=True``."""
@@ -187,6 +189,7 @@ def embedding_model():
     ])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [masking_model, embedding_model])
 def test_sequential(build):
     """A Sequential stack with its mask from ``Masking`` or ``Embedding(mask_zero=True)``,
@@ -201,6 +204,7 @@ def test_sequential(build):
     close(jax.jit(net)(params, None, xs)[1], want)
 
 
+@pytest.mark.slow
 def test_sequential_without_biases_or_mask():
     """``use_bias=False`` everywhere (LSTM, both GRUs, the Dense head: a zero bias), an
     Embedding without ``mask_zero`` (no mask: every step runs); and its round trip."""
@@ -222,6 +226,7 @@ def test_sequential_without_biases_or_mask():
     close(back(xs), want, "round trip")
 
 
+@pytest.mark.slow
 def test_gradients_flow():
     """The net is differentiable, the mask's gather and scatter included: a small gradient
     step on the converted params lowers the loss."""
@@ -277,6 +282,7 @@ def test_to_keras_from_jaxrnn_params(key):
     lambda: jaxrnn.lstm(5),
     lambda: jaxrnn.gru(4, bias=False),
 ])
+@pytest.mark.slow
 def test_to_keras_from_a_jaxrnn_net(make, key):
     """A jaxrnn cell or stack trained in jaxrnn exports to a Keras model giving its ``ys``
     (random non-zero biases; a bidirectional stack's backward direction; a head)."""

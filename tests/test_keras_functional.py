@@ -120,6 +120,7 @@ def embedding_chain():
     return keras.Model(ids, L.Dense(2, activation="tanh", **FAST_DENSE)(y)), masked_ids(11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [masking_chain, embedding_chain])
 def test_chain(build):
     """A chain with its mask from Masking / Embedding(mask_zero=True): Keras' outputs under
@@ -199,6 +200,7 @@ def s2s():
     return model, encoder_model, decoder_model, enc, dec
 
 
+@pytest.mark.slow
 def test_lstm_seq2seq(s2s):
     """The training model (two inputs, the encoder's states as the decoder's initial state),
     the encoder model (a list of states) and the decoder model (random initial states as
@@ -231,6 +233,7 @@ def test_seq2seq_decoder_starts_from_encoder_states(s2s):
     close(ys[4], other[4], "an empty encoder sequence leaves zero states")
 
 
+@pytest.mark.slow
 def test_seq2seq_gradients_match_keras(s2s):
     """Gradients of a loss w.r.t. every weight and both inputs, against Keras' own
     (``stateless_call`` under ``jax.grad``), masked encoder included."""
@@ -275,6 +278,7 @@ def masks_and_states():
     return randomize(keras.Model([x, m, h0], [L.Dense(2, **FAST_DENSE)(y), z]), seed=4)
 
 
+@pytest.mark.slow
 def test_several_inputs_and_a_mask_in_the_call():
     """Inputs as Keras takes them (a list in ``model.inputs`` order, or a dict by name), the
     mask a boolean input (ragged, an empty row), x not zero at masked steps."""

@@ -54,6 +54,7 @@ def build(random_params, random_state, normal):
 MIXED = [jaxrnn.gru(4), jaxrnn.lstm(5, proj_size=2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional,head", [(False, None), (True, 3)])
 def test_mixed_stack_matches_python_loop(bidirectional, head, build, normal, assert_close):
     """GRU -> LSTM(proj) stack, ragged lengths, random h0: outputs, states and gradients."""
@@ -83,6 +84,7 @@ def test_mixed_stack_matches_python_loop(bidirectional, head, build, normal, ass
         np.testing.assert_array_equal(got[1], init[1])
 
 
+@pytest.mark.slow
 def test_mixed_bidirectional_stack_float64(build, normal):
     """The GRU -> LSTM(proj) bidirectional stack with a head in float64 (jax_enable_x64):
     outputs, states and gradients equal the Python loop's to 1e-12, and h=None gives
@@ -107,6 +109,7 @@ def test_mixed_bidirectional_stack_float64(build, normal):
         assert ys.dtype == jnp.float64 and all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(h))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gru", "lstm_proj"])
 def test_bidirectional_backward_never_sees_padding(name, make_cell, build, assert_close):
     """Each direction equals its cell run on the sequence's own (truncated) slice."""
@@ -129,6 +132,7 @@ def test_bidirectional_backward_never_sees_padding(name, make_cell, build, asser
         assert not np.any(np.asarray(ys[b, L:]))
 
 
+@pytest.mark.slow
 def test_several_batch_dims_and_time_major(build, assert_close):
     net = jaxrnn.stack(MIXED, bidirectional=True, head=2)
     params, h0, xs = build(net, (2, 3), time_major=True)
@@ -154,6 +158,7 @@ def test_unbatched_stack(build, assert_close):
     assert_close((h, ys), python_stack(net, params, h0, xs, seq_lengths=jnp.array(4)))
 
 
+@pytest.mark.slow
 def test_dropout(build, assert_close):
     """No key: deterministic and equal to dropout=0; a key: different, reproducible."""
     cells = [jaxrnn.gru(8), jaxrnn.lstm(4)]

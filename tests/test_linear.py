@@ -189,6 +189,7 @@ GRID += [("sequential", T, reverse) for T in (512, 4096) for reverse in (False, 
 GRID += [("associative", 512, True), ("associative", 4096, False), ("chunked", 512, False), ("chunked", 4096, True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, T, reverse", GRID)
 def test_every_mode_against_float64(mode, T, reverse):
     """Values within 1e-5, gradients (a, b, h0, reset_state) within 1e-4 of float64, with
@@ -272,6 +273,7 @@ def test_float64_kept_under_x64():
             assert rel_err(hs, hs_np) < 1e-12
 
 
+@pytest.mark.slow
 def test_chunk_sizes_agree():
     """Every chunk size, dividing T or not, gives the sequential answer."""
     p = make_problem((2,), 50, 3, seed=7)
@@ -317,6 +319,7 @@ def test_errors_name_the_argument(kwargs, exc, match):
         linear_scan(a, a, **kwargs)
 
 
+@pytest.mark.slow
 def test_lengths_outside_range_act_as_the_nearest_bound():
     """One meaning in jit or not (no host sync): a length above T acts as T, below 0 as 0."""
     a = jnp.full((2, 5, 3), 0.5)

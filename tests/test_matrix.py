@@ -14,6 +14,8 @@ import pytest
 from jaxrnn.matrix import matrix_scan
 from _fla_ref import naive
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 F32, BF16 = 1e-5, 2e-3
 
 

@@ -23,6 +23,8 @@ import pytest
 import jaxrnn
 from jaxrnn.newton import Newton, NewtonInfo, _diagonal_fn, newton_unroll
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 VALUE_TOL = 5e-5
 GRAD_TOL = 1e-4
 

@@ -17,7 +17,7 @@ import nbclient  # the `test` extra: nbclient, nbformat, ipykernel
 import nbformat
 import pytest
 
-pytestmark = pytest.mark.slow  # executes the notebooks: outside the fast lane (`pytest -m "not slow"`)
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks]  # executes the notebooks: outside the fast lane (`pytest -m "not slow"`)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "examples" / "notebooks"

@@ -134,6 +134,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", OPTIONS, ids=[",".join(o) or "plain" for o in OPTIONS])
 def test_plain_function_matches_python_loop(opts, assert_close):
     params = lstm_fn_params()
@@ -141,6 +142,7 @@ def test_plain_function_matches_python_loop(opts, assert_close):
     _compare(lstm_fn, params, h, _data(), assert_close, **opts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", [False, True], ids=["step", "project-update"])
 @pytest.mark.parametrize("opts", OPTIONS[1:3] + OPTIONS[5:7], ids=["lengths", "reverse", "resets", "resets-rev"])
 def test_cell_object_matches_python_loop(split, opts, assert_close):
@@ -150,6 +152,7 @@ def test_cell_object_matches_python_loop(split, opts, assert_close):
     _compare(cell, params, h, _data(), assert_close, **opts)
 
 
+@pytest.mark.slow
 def test_time_major_many_batch_dims_and_unbatched(assert_close):
     params = lstm_fn_params()
     xs = _data((2, 3))                                       # [2, 3, T, I]
@@ -174,6 +177,7 @@ def test_h_none_starts_from_initial_state_and_functions_need_h():
         jaxrnn.unroll(lstm_fn, lstm_fn_params(), None, xs)
 
 
+@pytest.mark.slow
 def test_vmap_and_grad_of_unroll(assert_close):
     """vmap over a batch of parameter sets equals a loop over them."""
     params = jax.tree.map(lambda *a: jnp.stack(a), lstm_fn_params(0), lstm_fn_params(1))
@@ -196,6 +200,7 @@ def conv_cell(params, h, x):
     return hn, hn
 
 
+@pytest.mark.slow
 def test_num_feature_axes_conv_cell(assert_close):
     rng = np.random.default_rng(5)
     u = lambda *s: jnp.asarray(rng.uniform(-0.4, 0.4, s), jnp.float32)
@@ -321,6 +326,7 @@ def test_light_x_only_work_stays_in_the_loop():
 
 
 # ---------------------------------------------------------------------------- stacks
+@pytest.mark.slow
 def test_bidirectional_stack_mixing_custom_and_builtin_cells(assert_close):
     net = jaxrnn.stack([MGU(split=True), jaxrnn.gru(3), MGU()], bidirectional=True, head=2)
     params = net.init(jax.random.key(1), I)
@@ -340,6 +346,7 @@ def test_bidirectional_stack_mixing_custom_and_builtin_cells(assert_close):
     assert_close(got, ref)
 
 
+@pytest.mark.slow
 def test_unidirectional_stack_step_and_dropout_with_custom_cells(assert_close):
     net = jaxrnn.stack([jaxrnn.lstm(5), MGU(split=True)], dropout=0.3, head=2)
     params = net.init(jax.random.key(2), I)

@@ -59,6 +59,7 @@ def fresh_state(key):
     return train.TrainState.create(NET.init(key, I), TX)
 
 
+@pytest.mark.slow
 def test_train_state_round_trips_through_orbax(tmp_path):
     """None leaves (no bias), NamedTuples, a bidirectional stack and adamw's state."""
     state = advance(advance(fresh_state(jax.random.key(0))))
@@ -99,6 +100,7 @@ def nnx_train_step(model, optimizer, b):
     return value
 
 
+@pytest.mark.slow
 def test_nnx_model_and_optimizer_round_trip_through_orbax(tmp_path):
     """``nnx.state`` of the model (jaxrnn weights and the dropout stream) and of its
     ``nnx.Optimizer``, saved with orbax and restored into a model built with other seeds."""

@@ -78,6 +78,7 @@ def test_parallel_is_a_deprecated_alias_of_distributed():
         assert namespace["shard_batch"] is jaxrnn.distributed.shard_batch
 
 
+@pytest.mark.slow
 def test_importing_jaxrnn_does_not_warn():
     import subprocess
     import sys

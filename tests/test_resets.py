@@ -89,6 +89,7 @@ CELL_OPTS = [("rnn_tanh", {}), ("rnn_relu", dict(time_major=True)), ("gru", {}),
              ("lstm", {}), ("lstm", dict(custom_vjp=False)), ("lstm_proj", dict(time_major=True))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("name,opts", CELL_OPTS, ids=[f"{n}-{'-'.join(o) or 'fused'}" for n, o in CELL_OPTS])
 def test_builtin_cells_match_segments(name, opts, reverse, make_cell, random_params, random_state, normal,
@@ -101,6 +102,7 @@ def test_builtin_cells_match_segments(name, opts, reverse, make_cell, random_par
     _check(cell, params, h, xs, reset_state, reverse, assert_close, **opts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_custom_cells_match_segments(reverse, assert_close, normal):
     params = lstm_fn_params()
@@ -135,6 +137,7 @@ def test_no_reset_equals_no_resets(assert_close, normal):
                  jaxrnn.unroll(cell, params, None, xs, seq_lengths=LENGTHS))
 
 
+@pytest.mark.slow
 def test_stacks_and_torch_nets_with_resets(assert_close, normal):
     """A bidirectional stack (built-in and custom cells) and a from_torch net reset every
     layer and direction: equal to the Python loops layer by layer (whose resets match the

@@ -126,6 +126,7 @@ GRAD_CASES = [(n, [dict(custom_vjp=True, reverse=True), dict(custom_vjp=False, r
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,variants", GRAD_CASES,
                          ids=[f"{n}-" + ",".join(f"{k}={v}" for k, v in o[0].items()) for n, o in GRAD_CASES])
 def test_gradients_match_python_loop(name, variants, inputs, normal, assert_close):
@@ -157,6 +158,7 @@ def test_gradients_match_python_loop(name, variants, inputs, normal, assert_clos
                 assert_close(dh0[1], 3.0 * jnp.cos(3.0 * h[1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_column_blocks_match_python_loop(name, monkeypatch, inputs, normal, assert_close):
     """The forward and backward loops' products in column blocks (on two CPU cores, see
@@ -207,6 +209,7 @@ def _float64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_float64_matches_python_loop(name, inputs, normal):
     """With ``jax_enable_x64`` and float64 inputs everything runs in float64 (no silent
@@ -239,6 +242,7 @@ def test_float64_matches_python_loop(name, inputs, normal):
         assert y.dtype == jnp.float64 and all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(h))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gru", "lstm_proj"])
 def test_float64_column_blocks(name, monkeypatch, inputs):
     """The blocked loop products (see jaxrnn.tuning.column_blocks) in float64, against the
@@ -260,6 +264,7 @@ def test_float64_column_blocks(name, monkeypatch, inputs):
             np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gru", "lstm_proj", "rnn_relu"])
 def test_check_grads_float64(name, inputs):
     """Numerical gradients in float64, at check_grads' float64 defaults (eps 1e-4,
@@ -297,6 +302,7 @@ def test_check_grads(name, custom_vjp, inputs):
     check_grads(f, (params, h0, xs), order=1, **CHECK)
 
 
+@pytest.mark.slow
 def test_check_grads_second_order(inputs):
     """The fused backward pass is itself differentiable (Hessian-vector products)."""
     cell, params, h0, xs = inputs("lstm_proj", (2,), T=3, I=2, H=3)
@@ -323,6 +329,7 @@ def test_forward_mode_without_custom_vjp(inputs, normal, assert_close):
     assert_close(out, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,reverse", [(n, True) for n in CELLS] + [("lstm", False)])
 def test_seq_length_edges(name, reverse, inputs, assert_close):
     """Lengths 0, 1, T and in-between, compiled and eager; a zero-length row returns exactly h0."""
@@ -425,6 +432,7 @@ def _rearrangements_of(hlo_text: str, shape: str) -> list:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the in-place LSTM and GRU passes are CPU-only")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("B, T", [(1, 40), (4, 12), (32, 8)])
@@ -456,6 +464,7 @@ def test_gradient_updates_its_buffer_in_place(kind, B, T, key):
                     assert _rearrangements_of(text, f"f32[{B},{T},{I}]") == [], label
 
 
+@pytest.mark.slow
 def test_gru_inference_keeps_its_two_nonlinearities_apart(monkeypatch, key, assert_close):
     """GRU inference on the CPU computes sigmoid(r, z) apart, behind an optimization
     barrier, so that XLA does not fuse it with the n gate's tanh (which it would leave
@@ -483,6 +492,7 @@ def test_gru_inference_keeps_its_two_nonlinearities_apart(monkeypatch, key, asse
     assert_close(outs[0], outs[2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("assembled", [True, False])
 def test_gru_recurrent_cotangent_assembled_or_not(assembled, monkeypatch, normal, key, assert_close):
     """The GRU's in-place backward pass takes dW_hh and db_hh from d(a) = [d(gx) of r, z;
@@ -524,6 +534,7 @@ def test_h_none_is_zero_state(inputs, assert_close):
     assert_close(run(None), run(cell.initial_state((2,))))
 
 
+@pytest.mark.slow
 def test_vmap_equals_batch(inputs, assert_close):
     cell, params, h0, xs = inputs("gru", (3,))
     lengths = jnp.array([T, 0, 2])

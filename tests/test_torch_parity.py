@@ -154,6 +154,7 @@ def _stored_cases():
 STORED = _stored_cases()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(STORED)),
                          ids=[json.loads(str(c["config"]))["mode"] + str(i) for i, c in enumerate(STORED)])
 def test_stored_torch_reference(index):
@@ -214,6 +215,7 @@ def test_torch_grid(index):
     compare(result, expected, label=str(config))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("index", range(GRID_SIZE), ids=lambda i: f"{i}-{grid_config(i)['mode']}")
 def test_torch_grid_float64(index):
@@ -238,6 +240,7 @@ def test_torch_grid_float64(index):
             np.testing.assert_allclose(got, v, rtol=0, atol=1e-12, err_msg=f"{config} {k}")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
 def test_torch_unbatched_and_no_h0(mode):
@@ -259,6 +262,7 @@ def test_torch_unbatched_and_no_h0(mode):
     compare(result, expected, label="h=None")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_to_torch_round_trip(key):
     torch = pytest.importorskip("torch")

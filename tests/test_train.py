@@ -66,6 +66,7 @@ def leaves_equal(a, b):
 
 # ----------------------------------------------------------------------------- steps and fit
 
+@pytest.mark.slow
 def test_train_step_metrics_and_grad_norm(task):
     state = task.init()
     batch = make_data(0)[0]
@@ -213,6 +214,7 @@ def loss_inputs(key):
     return logits, labels, lens, pred, pred[::-1]
 
 
+@pytest.mark.slow
 def test_losses_against_numpy(key):
     logits, labels, lens, pred, target = loss_inputs(key)
     got = all_losses(logits, labels, lens, pred, target)
@@ -262,6 +264,7 @@ def test_loss_shape_errors():
 
 # ----------------------------------------------------------------------------- truncated BPTT
 
+@pytest.mark.slow
 def test_tbptt_carries_state_and_blocks_gradients(key):
     cell = jaxrnn.lstm(5)
     kp, kx, kh = jax.random.split(key, 3)
@@ -324,6 +327,7 @@ def python_decode(net, params, prime, length, embed):
     return out
 
 
+@pytest.mark.slow
 def test_generate_shape_and_determinism(lm):
     net, params, V = lm
     prime = jnp.array([1, 4, 0])
@@ -337,6 +341,7 @@ def test_generate_shape_and_determinism(lm):
     assert train.generate(net, params, jax.random.key(0), prime, 0).tolist() == prime.tolist()
 
 
+@pytest.mark.slow
 def test_generate_greedy_matches_python_loop(lm):
     net, params, V = lm
     prime = [2, 5]
@@ -389,6 +394,7 @@ def ckpt_state(hidden=5, tx=ADAMW, abstract=False):
     return jax.eval_shape(make) if abstract else make()
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_is_exact(tmp_path):
     state = ckpt_state()
     config = {"lr": 1e-3, "name": "run", "layers": [5, 4], "nested": {"flag": True, "none": None}, "seed": 2**40}

@@ -293,6 +293,7 @@ def test_convlstm_matches_flax():
             np.testing.assert_allclose(np.asarray(h.c), np.asarray(carry[0]), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_convlstm_matches_keras(assert_close):
     """Keras 3's ``ConvLSTM2D(padding="same")`` (gates i, f, c, o like ours; kernels
     ``[kh, kw, in, 4F]``, one bias) over three frames, against ``step`` with the kernels
@@ -363,6 +364,7 @@ def test_check_grads_float64(name):
 # ----------------------------------------------------------------------------- init, options, errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_init_schemes(name):
     """``"uniform"``: PyTorch's U(±1/sqrt(fan)) everywhere; ``"orthogonal"``: each gate's
@@ -542,6 +544,7 @@ def test_unroll_matches_loop_of_step(name, case, assert_close):
     assert_close(h, h_ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["peephole"])
 def test_unroll_gradients_match_loop(name):
     """Gradients (params, initial state, inputs) of a reversed, reset, ragged unroll equal
@@ -579,6 +582,7 @@ def test_unroll_gradients_match_loop(name):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["peephole"])
 def test_bidirectional_stack_with_gru(name, assert_close):
     """``jaxrnn.stack([zoo cell, jaxrnn.gru], bidirectional=True)`` with ragged lengths and

@@ -12,6 +12,8 @@ import pytest
 import jaxrnn
 from jaxrnn.zoo.deltanet import MatrixCellState, deltanet, gated_deltanet
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 F32 = 1e-5
 
 

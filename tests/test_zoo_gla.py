@@ -12,6 +12,8 @@ import jaxrnn
 from jaxrnn.zoo.gla import gla
 from test_zoo_deltanet import F32, python_loop, random_state, rel_rms
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 CELLS = {
     "gla": lambda: gla(16, num_heads=2),
     "gla_conv": lambda: gla(16, num_heads=2, use_short_conv=True, use_output_gate=False, gate_logit_normalizer=1.0),

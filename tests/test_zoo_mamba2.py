@@ -17,6 +17,8 @@ import jaxrnn
 from jaxrnn.zoo.mamba2 import Mamba2State, mamba2
 from _compat import enable_x64
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 pytest.importorskip("jaxrnn.matrix")
 
 B, I = 3, 12

@@ -16,6 +16,8 @@ import jaxrnn
 from jaxrnn.zoo.mlstm import MLSTMState, mlstm, mlstm_chunkwise, mlstm_step
 from _compat import enable_x64
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 B, I = 3, 12
 
 

@@ -14,6 +14,8 @@ from jaxrnn.zoo.lru import LRUState, lru
 from jaxrnn.zoo.mingru import g, log_g, min_gru, min_lstm
 from _compat import enable_x64
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 T, BATCH, I = 37, (2, 3), 5
 
 

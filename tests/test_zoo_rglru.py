@@ -14,6 +14,8 @@ import pytest
 import jaxrnn
 from jaxrnn.zoo.rglru import MAX_SQRT_GRADIENT, RGLRUParams, RGLRUState, rglru, sqrt_bound_derivative
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 T, BATCH, D, HEADS = 29, (2, 3), 6, 2
 
 

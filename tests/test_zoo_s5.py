@@ -15,6 +15,8 @@ import pytest
 from _compat import enable_x64
 from jaxrnn.zoo.lru import LRUState, hippo_diagonal, lru
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 T, BATCH, H, N = 23, (2, 3), 5, 4
 
 

@@ -15,6 +15,8 @@ import pytest
 import jaxrnn
 from jaxrnn.zoo.s6 import S6State, s6
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 T, BATCH, M = 29, (2, 3), 4
 CELL = dict(state_size=3, expand=2, conv_size=3, bias=True, chunk_size=8)
 

@@ -14,6 +14,8 @@ import jaxrnn
 from jaxrnn.newton import Newton
 from jaxrnn.zoo.slstm import SLSTMParams, SLSTMState, slstm
 
+pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
+
 T, BATCH, I, H, HEADS = 17, (2, 3), 3, 4, 2
 
 
