@@ -195,6 +195,14 @@ def matrix_scan(
             raise ValueError("`reset_state` was given without `resets`.")
     lengths = _check_lengths(seq_lengths, batch_shape, T)
     resets_T = _check_resets(resets, batch_shape, T, time_major)
+    static = (mode, int(chunk_size), bool(time_major), per_channel, float(scale), batch_shape, T, H, d_k, d_v)
+    return _matrix_scan_jit(static, q, k, v, log_decay, beta, h0, reset_state, lengths, resets_T)
+
+
+def _matrix_scan_core(static, q, k, v, log_decay, beta, h0, reset_state, lengths, resets_T):
+    """:func:`matrix_scan` past its checks: the arrays validated, the options in ``static``."""
+    mode, chunk_size, time_major, per_channel, scale, batch_shape, T, H, d_k, d_v = static
+    state_shape = batch_shape + (H, d_k, d_v)
     dtype = _acc_dtype(*(x.dtype for x in (q, k, v, log_decay) + ((beta,) if beta is not None else ())
                          + ((h0,) if h0 is not None else ())))
     out_dtype = v.dtype
@@ -253,6 +261,11 @@ def matrix_scan(
     else:
         o = o.reshape(batch_shape + (T, H, d_v))
     return S, o.astype(out_dtype)
+
+
+# Compiled once per options and shapes, so that calls outside `jit` do not trace again (inside
+# `jit` it is inlined).
+_matrix_scan_jit = jax.jit(_matrix_scan_core, static_argnums=(0,))
 
 
 
