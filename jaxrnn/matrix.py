@@ -268,7 +268,6 @@ def _matrix_scan_core(static, q, k, v, log_decay, beta, h0, reset_state, lengths
 _matrix_scan_jit = jax.jit(_matrix_scan_core, static_argnums=(0,))
 
 
-
 def matrix_step(S, q, k, v, log_decay, beta=None, *, scale: float = 1.0):
     """One step of the recurrence (module docstring), for generation; no masks, no checks.
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import jaxrnn
+from jaxrnn._compat import subjaxprs
 from jaxrnn.reference import python_stack, python_unroll
 
 I, H, T = 3, 4, 5
@@ -218,22 +219,15 @@ def test_num_feature_axes_conv_cell(assert_close):
 
 # ---------------------------------------------------------------------------- hoisting
 def _subjaxprs(eqn):
-    """The jaxprs in an equation's params (scan bodies, custom_vjp and jit calls): read
-    directly, as jax.extend.core.jaxprs_in_params is not in every jax the package allows.
-    A ``lax.platform_dependent`` choice (a cond with ``branches_platforms``, which older jax
+    """The jaxprs in an equation's params (:func:`jaxrnn._compat.subjaxprs`), except that a
+    ``lax.platform_dependent`` choice (a cond with ``branches_platforms``, which older jax
     keeps in the jaxpr) yields only the branch that runs here, on the CPU."""
     platforms = eqn.params.get("branches_platforms")
-    if platforms is not None:
-        cpu = [i for i, ps in enumerate(platforms) if ps is not None and "cpu" in ps]
-        index = cpu[0] if cpu else platforms.index(None)
-        yield eqn.params["branches"][index].jaxpr
+    if platforms is None:
+        yield from subjaxprs(eqn)
         return
-    for v in eqn.params.values():
-        for x in (v if isinstance(v, (tuple, list)) else (v,)):
-            if hasattr(x, "eqns"):
-                yield x
-            elif hasattr(getattr(x, "jaxpr", None), "eqns"):
-                yield x.jaxpr
+    cpu = [i for i, ps in enumerate(platforms) if ps is not None and "cpu" in ps]
+    yield eqn.params["branches"][cpu[0] if cpu else platforms.index(None)].jaxpr
 
 
 def _count(jaxpr, name):
