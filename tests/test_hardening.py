@@ -310,6 +310,36 @@ def test_sigmoid_matches_float64_over_the_range(fn):
     assert float(fn(jnp.float32(-17.0))) > 4e-8
 
 
+def test_lstm_gate_block_matches_float64_over_the_range():
+    """The LSTM's four gates in one pass (sigmoid on i, f, o, tanh on g): values and
+    derivatives against float64, far tails included (``(1 + e)^2`` overflows float32 for
+    |x| > 22, and gave zero derivatives there)."""
+    from jaxrnn.cells import _exp_gate, _lstm_gate_constants
+
+    H = 4
+    x = np.concatenate([np.linspace(-80.0, 80.0, 16001), np.geomspace(1e-30, 1.0, 2000),
+                        -np.geomspace(1e-30, 1.0, 2000)]).astype(np.float32)
+    s = np.repeat(x[:, None], 4 * H, axis=1)
+    scale, lin, const = _lstm_gate_constants(H)
+    act = lambda s: _exp_gate(s * scale, lin, const)
+    got = np.asarray(act(jnp.asarray(s)), np.float64)
+    got_grad = np.asarray(jax.grad(lambda s: jnp.sum(act(s)))(jnp.asarray(s)), np.float64)
+    x64 = s.astype(np.float64)
+    is_tanh = np.zeros(4 * H, bool)
+    is_tanh[2 * H : 3 * H] = True
+    e = np.exp(-np.abs(np.where(is_tanh, 2.0, 1.0) * x64))
+    want = np.where(is_tanh, np.tanh(x64), 1.0 / (1.0 + np.exp(-x64)))
+    want_grad = np.where(is_tanh, 4.0 * e / (1.0 + e) ** 2, e / (1.0 + e) ** 2)
+    # Relatively exact, but for tanh near 0 (|x| < 1/4, where 1 - exp(-2x) cancels), which
+    # is exact to an ulp of 1 absolutely (XLA's own jnp.tanh is off by 1.8e-7 there).
+    ok = (np.abs(want) > 1.2e-38) & ~(is_tanh & (np.abs(x64) < 0.25))  # (and float32's normal range)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-6, atol=0)
+    near = is_tanh & (np.abs(x64) < 0.25)
+    np.testing.assert_allclose(got[near], want[near], rtol=0, atol=1.2e-7)
+    ok = want_grad > 1e-36  # (its intermediate e / (1 + e)^2 is 4x smaller for tanh; XLA:CPU flushes subnormals)
+    np.testing.assert_allclose(got_grad[ok], want_grad[ok], rtol=1e-6, atol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_saturated_gates_keep_value_and_gradient(kind):
