@@ -8,20 +8,24 @@ it); a run is a call of the compiled function, after warm-up, waited on with
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
-__all__ = ["device_info", "device_slug", "time_compile", "time_fn", "write_json", "print_table", "format_table"]
+__all__ = ["device_info", "device_slug", "time_compile", "time_fn", "write_json", "print_table", "format_table",
+           "import_baseline"]
 
 
 def device_info() -> dict:
@@ -170,3 +174,21 @@ def save_figure(fig, path) -> pathlib.Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def import_baseline(rev: str):
+    """The ``jaxrnn`` package at git revision ``rev``, imported as ``jaxrnn_baseline``."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "jaxrnn"], cwd=root, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for f in files:
+        text = subprocess.run(["git", "show", f"{rev}:{f}"], cwd=root, check=True, capture_output=True,
+                              text=True).stdout
+        out = tmp / f.replace("jaxrnn", "jaxrnn_baseline", 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(re.sub(r"\bjaxrnn\b", "jaxrnn_baseline", text))
+    for name in [m for m in sys.modules if m == "jaxrnn_baseline" or m.startswith("jaxrnn_baseline.")]:
+        del sys.modules[name]  # a second call (another revision) imports afresh
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("jaxrnn_baseline")

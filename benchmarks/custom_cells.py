@@ -20,13 +20,9 @@ Shapes are B×T×I×H, issue 2's: 1×1000×128×128 and 32×128×256×256 by def
 from __future__ import annotations
 
 import argparse
-import importlib
 import pathlib
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -34,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, format_table, write_json  # noqa: E402
+from _common import device_info, device_slug, format_table, import_baseline, write_json  # noqa: E402
 
 import jaxrnn  # noqa: E402
 from jaxrnn import zoo  # noqa: E402
@@ -130,22 +126,6 @@ def build(B, T, I, H, baseline=None):
             impls[f"baseline {kind}"] = (
                 _grad_fn(lambda p, xs, cell=cell: baseline.unroll(cell, p, None, xs)[1]), (params, xs))
     return impls
-
-
-def import_baseline(rev: str):
-    """The ``jaxrnn`` package at git revision ``rev``, imported as ``jaxrnn_baseline``."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "jaxrnn"], cwd=root, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for f in files:
-        text = subprocess.run(["git", "show", f"{rev}:{f}"], cwd=root, check=True, capture_output=True,
-                              text=True).stdout
-        out = tmp / f.replace("jaxrnn", "jaxrnn_baseline", 1)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(re.sub(r"\bjaxrnn\b", "jaxrnn_baseline", text))
-    sys.path.insert(0, str(tmp))
-    return importlib.import_module("jaxrnn_baseline")
 
 
 def measure(impls: dict, rounds: int, min_time: float) -> dict:

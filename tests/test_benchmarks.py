@@ -231,3 +231,28 @@ def test_flax_modules_smoke(tmp_path):
     saved = json.loads(out.read_text())
     assert [r["cell"] for r in saved["records"]] == ["gru"]
     assert (tmp_path / "fm.md").read_text().count("| GRU | 2×5×3×4 |") == 1
+
+
+def test_ab_revision_times_the_same_programs():
+    """benchmarks/ab_revision.py: the baseline package (here HEAD, imported under another name)
+    runs the same programs as the checkout, so the two columns of its table time one function."""
+    ab = _load("ab_revision")
+    try:
+        base = ab.import_baseline("HEAD")
+        assert base.__name__ == "jaxrnn_baseline" and base.unroll is not ab.jaxrnn.unroll
+        new, old = ab.programs(ab.jaxrnn, 3, 7, 5, 4), ab.programs(base, 3, 7, 5, 4)
+        assert set(new) == set(old) == {"lstm", "gru", "user-fn lstm"}
+        for name in new:
+            for mode in ("fwd", "fwd+bwd"):
+                fn_new, args_new = new[name]
+                fn_old, args_old = old[name]
+                if mode == "fwd+bwd":
+                    fn_new, fn_old = (jax.grad(lambda p, xs, f=f: jnp.mean(f(p, xs) ** 2), argnums=(0, 1))
+                                      for f in (fn_new, fn_old))
+                a, b = fn_new(*args_new), fn_old(*args_old)
+                assert all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+                np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)]),
+                                           np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)]),
+                                           rtol=1e-5, atol=1e-7, err_msg=f"{name} {mode}")
+    finally:
+        sys.modules.pop("benchmarks_ab_revision", None)
