@@ -467,7 +467,6 @@ def test_deterministic_flag():
         net(p, None, xs, deterministic=False)
     with pytest.raises(TypeError, match="`deterministic`"):
         net(p, None, xs, deterministic=1)
-    one = jaxrnn.stack([jaxrnn.gru(H), jaxrnn.gru(H)], dropout=0.5)
     chex.assert_trees_all_close(one.step(p, None, xs[:, 0], key=key, deterministic=True),
                                 one.step(p, None, xs[:, 0]))
 

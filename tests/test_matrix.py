@@ -11,7 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax.test_util import check_grads
+
 from jaxrnn.matrix import matrix_scan
+from _compat import enable_x64
 from _fla_ref import naive
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
@@ -124,12 +127,8 @@ def test_gradient_check_small(key):
     d = make(key, 1, 9, 1, 3, 2, per_channel=True, delta=True)
     f = lambda q, k, v, g, b, h0: matrix_scan(q, k, v, g, b, h0, chunk_size=4)[1]
     args = tuple(np.asarray(d[n], np.float64) for n in ("q", "k", "v", "log_decay", "beta", "h0"))
-    try:
-        from jax.experimental import enable_x64
-    except ImportError:  # pragma: no cover
-        pytest.skip("no jax.experimental.enable_x64")
     with enable_x64():
-        jax.test_util.check_grads(f, tuple(jnp.asarray(a) for a in args), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(f, tuple(jnp.asarray(a) for a in args), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("gate_scale", [0.1, 1.0, 10.0])
