@@ -467,8 +467,8 @@ def test_deterministic_flag():
         net(p, None, xs, deterministic=False)
     with pytest.raises(TypeError, match="`deterministic`"):
         net(p, None, xs, deterministic=1)
-    chex.assert_trees_all_close(one.step(p, None, xs[:, 0], key=key, deterministic=True),
-                                one.step(p, None, xs[:, 0]))
+    chex.assert_trees_all_close(net.step(p, None, xs[:, 0], key=key, deterministic=True),
+                                net.step(p, None, xs[:, 0]))
 
 
 # --------------------------------------------------------------------------- 10. dependencies
