@@ -240,3 +240,26 @@ def test_errors():
         matrix_scan(q, q, v, g, mode="associative")
     with pytest.raises(TypeError, match="`q`"):
         matrix_scan(jnp.zeros((2, 5, 3, 4), jnp.int32), q, v, g)
+
+
+@pytest.mark.parametrize("K", [7, 17, 64])
+def test_unit_lower_solve_against_float64(K):
+    """The delta rule's triangular solve (block inverse + merges, padded for any K) and its
+    VJP, against numpy's float64 solve and the VJP of ``jnp.linalg.solve`` in float64."""
+    from jaxrnn.matrix import _unit_lower_solve
+
+    k = jax.random.split(jax.random.key(K), 3)
+    A = jnp.tril(jax.random.normal(k[0], (3, K, K)) * 0.3, -1)
+    R = jax.random.normal(k[1], (3, K, 5))
+    dX = jax.random.normal(k[2], (3, K, 5))
+    A64, R64, dX64 = (np.asarray(a, np.float64) for a in (A, R, dX))
+    want = np.linalg.solve(np.eye(K) + A64, R64)
+    assert rel_rms(_unit_lower_solve(A, R), want) <= F32
+    _, pull = jax.vjp(_unit_lower_solve, A, R)
+    dA, dR = pull(dX)
+    with enable_x64():
+        _, pull64 = jax.vjp(lambda A, R: jnp.linalg.solve(jnp.eye(K) + A, R), jnp.asarray(A64), jnp.asarray(R64))
+        dA64, dR64 = (np.asarray(x) for x in pull64(jnp.asarray(dX64)))
+    assert rel_rms(dR, dR64) <= F32
+    assert rel_rms(dA, np.tril(dA64, -1)) <= F32
+    np.testing.assert_array_equal(np.triu(np.asarray(dA)), 0.0)
