@@ -15,8 +15,11 @@ with all start flags False (no resets), its own initial state, and its own scan:
 * S6: memax's ``S6`` is a diagonal recurrence of size ``H`` with an input-dependent step
   (after minimal-S6): no ``N``-wide state per channel, no convolution, no gate, no
   projections; jaxrnn's ``s6`` is Mamba's mixer (state ``[2H, 16]``, conv, gate, in/out
-  projections). Two jaxrnn rows: Mamba's defaults, and the smallest mixer
-  (``state_size=1, expand=1, conv_size=1``), the closest jaxrnn has to memax's.
+  projections). So the S6 rows are: memax's own equations written with
+  ``jaxrnn.linear_scan`` (:func:`minimal_s6`, the same weights; checked against memax's
+  outputs before timing), sequential and associative; then jaxrnn's ``s6`` at Mamba's
+  defaults, and its smallest mixer (``state_size=1, expand=1, conv_size=1``), which still
+  has the projections, convolution and gate memax's has not.
 * GRU: memax's is the original GRU (``U_h (r ⊙ h)``), which is ``jaxrnn.zoo.gru_original``;
   the ``jaxrnn.gru`` (PyTorch's variant) row is given beside it.
 * LSTM: memax's reads out ``h = o ⊙ c`` (no ``tanh``); ``jaxrnn.lstm`` is PyTorch's.
@@ -82,6 +85,45 @@ def _memax_case(module, xs):
     return jax.value_and_grad(loss, argnums=(0, 1)), (params, xs)
 
 
+def _minimal_s6_params(module):
+    """memax's ``S6`` weights as a plain tuple: ``(A_log, W_B, b_B, W_C, b_C, W_dt, b_dt)``."""
+    lin = module.dt.layers[0]
+    return (module.A_log, module.B.weight, module.B.bias, module.C.weight, module.C.bias, lin.weight, lin.bias)
+
+
+def minimal_s6(params, xs, mode="sequential"):
+    """memax's ``S6`` recurrence (minimal-S6), written with :func:`jaxrnn.linear_scan`::
+
+        dt_t = softplus(W_dt x_t + b_dt),   Ā_t = exp(dt_t A),   A = -exp(A_log)
+        h_t = Ā_t ⊙ h_{t-1} + (Ā_t - 1) / A ⊙ (W_B x_t + b_B) ⊙ x_t,   y_t = (W_C x_t + b_C) ⊙ h_t
+    """
+    A_log, W_B, b_B, W_C, b_C, W_dt, b_dt = params
+    A = -jnp.exp(A_log)
+    a = jnp.exp(jax.nn.softplus(xs @ W_dt.T + b_dt) * A)
+    b = (a - 1.0) / A * (xs @ W_B.T + b_B) * xs
+    _, hs = jaxrnn.linear_scan(a, b, mode=mode)
+    return (xs @ W_C.T + b_C) * hs
+
+
+def _minimal_s6_case(module, xs, mode):
+    def loss(params, xs):
+        return jnp.mean(minimal_s6(params, xs, mode) ** 2)
+
+    return jax.value_and_grad(loss, argnums=(0, 1)), (_minimal_s6_params(module), xs)
+
+
+def check_minimal_s6(H=8, T=20, B=3) -> float:
+    """Relative RMS between memax's ``S6`` and :func:`minimal_s6` on the same weights."""
+    from memax.equinox.semigroups.s6 import S6
+
+    m = S6(H, H, key=jax.random.key(1))
+    xs = jax.random.normal(jax.random.key(2), (B, T, H))
+    h0 = m.initialize_carry()
+    want = jax.vmap(lambda x: m(h0, (x, jnp.zeros((T,), bool)))[1])(xs)
+    got = minimal_s6(_minimal_s6_params(m), xs)
+    return float(jnp.sqrt(jnp.mean((got - want) ** 2) / jnp.mean(want ** 2)))
+
+
 def cases(B, T, H, N_lru):
     """``(cell, library, label, fn, args)`` for every method."""
     from memax.equinox.semigroups.lru import LRU
@@ -96,6 +138,10 @@ def cases(B, T, H, N_lru):
         ("LRU", "jaxrnn", f"lru(N={N_lru}), sequential", *_jaxrnn_case(lru(H, N_lru), key, xs)),
         ("LRU", "jaxrnn", f"lru(N={N_lru}), associative", *_jaxrnn_case(lru(H, N_lru), key, xs, "associative")),
         ("S6", "memax", f"S6(state [{H}]), associative_scan", *_memax_case(S6(H, H, key=key), xs)),
+        ("S6", "jaxrnn", f"memax's S6 equations on linear_scan (state [{H}]), sequential",
+         *_minimal_s6_case(S6(H, H, key=key), xs, "sequential")),
+        ("S6", "jaxrnn", f"memax's S6 equations on linear_scan (state [{H}]), associative",
+         *_minimal_s6_case(S6(H, H, key=key), xs, "associative")),
         ("S6", "jaxrnn", f"s6 Mamba (state [{2 * H}, 16]), chunked",
          *_jaxrnn_case(s6(H), key, xs, "chunked")),
         ("S6", "jaxrnn", f"s6 N=1 expand=1 conv=1 (state [{H}, 1]), chunked",
@@ -171,6 +217,8 @@ def markdown(records, env, config) -> str:
              f"{env['machine']}; jax {env['jax']}, memax {env['memax']}, equinox {env['equinox']}; "
              f"float32; median of {config['rounds']} interleaved rounds. The machine was shared with other "
              "jobs while this ran: expect 10-30% noise in times.", "",
+             "memax's S6 against its equations on jaxrnn.linear_scan (same weights, B=3, T=20, H=8): relative RMS "
+             f"{env.get('minimal_s6_vs_memax_rel_rms', float('nan')):.1e}.", "",
              "| cell | library | method | fwd+bwd ms | / memax | compile s | temp MiB | / memax |",
              "|---|---|---|---|---|---|---|---|"]
     for r in cells:
@@ -221,6 +269,9 @@ def main(argv=None):
     except Exception:
         env["machine"] = env["processor"]
     env["memax"], env["equinox"] = version("memax"), equinox.__version__
+    err = check_minimal_s6()
+    print(f"memax S6 vs its equations on jaxrnn.linear_scan: relative RMS {err:.1e}", flush=True)
+    env["minimal_s6_vs_memax_rel_rms"] = err
     records = run_cells(args.B, args.T, args.H, args.N_lru, rounds)
     if not args.quick:
         records += run_s6_memory(tuple(args.memory_T), B=4, H=16, N=16, chunk=64)
