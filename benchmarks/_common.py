@@ -104,6 +104,12 @@ def time_fn(fn: Callable, *args, repeats: int = 10, warmup: int = 1, budget_s: O
     return 1e3 * statistics.median(times)
 
 
+def rel_rms(got, want) -> float:
+    """Relative RMS error ``sqrt(mean((got - want)²) / mean(want²))`` (fla's metric), in float64."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2)))
+
+
 def write_json(path, records: Sequence[dict], **header) -> pathlib.Path:
     """Writes ``{**header, "records": records}`` to ``path`` (parents created), returns the path.
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, format_table, time_compile, time_fn, write_json  # noqa: E402
+from _common import device_info, device_slug, format_table, rel_rms, time_compile, time_fn, write_json  # noqa: E402
 
 from jaxrnn.matrix import matrix_scan  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(Ts=(512, 2048, 8192), B=4, H=4, d=64, repeats=5, max_gb=6.0, out=None):
     for gated in (True, False):
         ref = jaxrnn_fn("sequential", gated)(*small)[1]
         got = memax_fn(gated)(*small)[1]
-        err = float(jnp.sqrt(jnp.mean((got - ref) ** 2) / jnp.mean(ref ** 2)))
+        err = rel_rms(got, ref)
         print(f"memax vs jaxrnn sequential ({'GDN' if gated else 'DeltaNet'}, T=100): relative RMS {err:.2e}")
         records.append(dict(kind="check", cell="GDN" if gated else "DeltaNet", rel_rms=err))
     for T in Ts:

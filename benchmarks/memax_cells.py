@@ -55,7 +55,7 @@ from jaxrnn.zoo.lru import lru
 from jaxrnn.zoo.s6 import s6
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import device_info, device_slug, write_json  # noqa: E402
+from _common import device_info, device_slug, rel_rms, write_json  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -121,7 +121,7 @@ def check_minimal_s6(H=8, T=20, B=3) -> float:
     h0 = m.initialize_carry()
     want = jax.vmap(lambda x: m(h0, (x, jnp.zeros((T,), bool)))[1])(xs)
     got = minimal_s6(_minimal_s6_params(m), xs)
-    return float(jnp.sqrt(jnp.mean((got - want) ** 2) / jnp.mean(want ** 2)))
+    return rel_rms(got, want)
 
 
 def cases(B, T, H, N_lru):
@@ -133,15 +133,16 @@ def cases(B, T, H, N_lru):
 
     key = jax.random.key(0)
     xs = jnp.asarray(np.random.default_rng(0).standard_normal((B, T, H)), jnp.float32)
+    memax_s6 = S6(H, H, key=key)  # its weights serve the rows of its equations on linear_scan too
     out = [
         ("LRU", "memax", f"LRU(N={N_lru}), associative_scan", *_memax_case(LRU(N_lru, H, key=key), xs)),
         ("LRU", "jaxrnn", f"lru(N={N_lru}), sequential", *_jaxrnn_case(lru(H, N_lru), key, xs)),
         ("LRU", "jaxrnn", f"lru(N={N_lru}), associative", *_jaxrnn_case(lru(H, N_lru), key, xs, "associative")),
-        ("S6", "memax", f"S6(state [{H}]), associative_scan", *_memax_case(S6(H, H, key=key), xs)),
+        ("S6", "memax", f"S6(state [{H}]), associative_scan", *_memax_case(memax_s6, xs)),
         ("S6", "jaxrnn", f"memax's S6 equations on linear_scan (state [{H}]), sequential",
-         *_minimal_s6_case(S6(H, H, key=key), xs, "sequential")),
+         *_minimal_s6_case(memax_s6, xs, "sequential")),
         ("S6", "jaxrnn", f"memax's S6 equations on linear_scan (state [{H}]), associative",
-         *_minimal_s6_case(S6(H, H, key=key), xs, "associative")),
+         *_minimal_s6_case(memax_s6, xs, "associative")),
         ("S6", "jaxrnn", f"s6 Mamba (state [{2 * H}, 16]), chunked",
          *_jaxrnn_case(s6(H), key, xs, "chunked")),
         ("S6", "jaxrnn", f"s6 N=1 expand=1 conv=1 (state [{H}, 1]), chunked",
