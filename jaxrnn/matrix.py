@@ -41,9 +41,11 @@ Two modes compute the same values:
   boundary between them (two exponents ``<= 0``), within a sub-chunk the product is formed
   pairwise.
 
-  Its gradient is a custom VJP that keeps only the inputs and the state entering every chunk
-  (``T / C`` states, not ``T``) and recomputes the rest chunk by chunk: memory
-  ``O(T·d + (T/C)·d²)``, not ``O(T·d²)``.
+  Its gradient is a custom VJP that keeps only the inputs, the state entering every chunk
+  (``T / C`` states, not ``T``) and the pseudo-values ``U`` (``T`` vectors), and recomputes
+  the rest chunk by chunk: memory ``O(T·d + (T/C)·d²)``, not ``O(T·d²)``. Its scan back over
+  the chunks carries only the state's cotangent; every other product is formed for all
+  chunks at once.
 
 State, decays and gates are computed in float32 whatever the input dtype (float64 when an
 input is float64, with ``jax_enable_x64``); the outputs come back in ``v``'s dtype.
@@ -518,27 +520,28 @@ def _prep(static, q, k, v, g, beta, seg, R):
 
 
 def _chunk_step(X, S):
-    """The state after a chunk from the state entering it: ``S`` ``[N, d_k, d_v]``; ``X`` one
-    chunk's slice of :func:`_prep`'s output."""
+    """The state after a chunk from the state entering it, and the chunk's pseudo-values
+    ``U = Ũ - W S``: ``S`` ``[N, d_k, d_v]``; ``X`` one chunk's slice of :func:`_prep`'s output."""
     U = X["u"] if X["w"] is None else X["u"] - jnp.einsum("nkc,ncv->nkv", X["w"], S)
     S_next = X["gamma_end"][..., :, None] * S + jnp.einsum("nkc,nkv->ncv", X["k_end"], U)
-    return S_next + X["r_end"] if "r_end" in X else S_next
+    return (S_next + X["r_end"] if "r_end" in X else S_next), U
 
 
 def _states(X, S0):
-    """The state entering every chunk ``[N, n_c, d_k, d_v]`` and the final state."""
+    """The state entering every chunk ``[N, n_c, d_k, d_v]``, every chunk's ``U``
+    ``[N, n_c, K, d_v]`` and the final state."""
     Xc = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), X)
 
     def body(S, x):
-        return _chunk_step(x, S), S
+        S_next, U = _chunk_step(x, S)
+        return S_next, (S, U)
 
-    S, S_in = jax.lax.scan(body, S0, Xc)
-    return jnp.moveaxis(S_in, 0, 1), S
+    S, (S_in, U) = jax.lax.scan(body, S0, Xc)
+    return jnp.moveaxis(S_in, 0, 1), jnp.moveaxis(U, 0, 1), S
 
 
-def _outputs(X, S_in):
+def _outputs(X, S_in, U):
     """Outputs of all chunks at once, ``[N, n_c, K, d_v]``."""
-    U = X["u"] if X["w"] is None else X["u"] - jnp.einsum("nctk,nckv->nctv", X["w"], S_in)
     o = jnp.einsum("nctk,nckv->nctv", X["q_g"], S_in) + jnp.einsum("nctj,ncjv->nctv", X["A_qk"], U)
     return o + X["o_r"] if "o_r" in X else o
 
@@ -546,34 +549,51 @@ def _outputs(X, S_in):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _chunked_core(static, q, k, v, g, beta, seg, S0, R):
     X = _prep(static, q, k, v, g, beta, seg, R)
-    S_in, S = _states(X, S0)
-    return S, _outputs(X, S_in)
+    S_in, U, S = _states(X, S0)
+    return S, _outputs(X, S_in, U)
 
 
 def _chunked_fwd(static, q, k, v, g, beta, seg, S0, R):
     X = _prep(static, q, k, v, g, beta, seg, R)
-    S_in, S = _states(X, S0)
-    return (S, _outputs(X, S_in)), (q, k, v, g, beta, seg, R, S_in)
+    S_in, U, S = _states(X, S0)
+    return (S, _outputs(X, S_in, U)), (q, k, v, g, beta, seg, R, S_in, U)
 
 
 def _chunked_bwd(static, res, cts):
-    q, k, v, g, beta, seg, R, S_in = res
+    """``S_in`` and ``U`` come from the forward pass; ``_prep`` is recomputed (under one
+    ``jit`` XLA shares it with the forward's). The scan back over chunks carries only the
+    state's cotangent; the products that do not feed it (``dW``, ``dk_end``, ``dΓ``) are
+    formed afterwards for all chunks at once."""
+    q, k, v, g, beta, seg, R, S_in, U = res
     dS, do = cts
     X, prep_vjp = jax.vjp(lambda q, k, v, g, beta, R: _prep(static, q, k, v, g, beta, seg, R), q, k, v, g, beta, R)
-    _, out_vjp = jax.vjp(_outputs, X, S_in)
-    dX_out, dS_in = out_vjp(do)
-    Xc = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), X)
+    _, out_vjp = jax.vjp(_outputs, X, S_in, U)
+    dX, dS_in_out, dU_out = out_vjp(do)
+    w, k_end, gamma_end = X["w"], X["k_end"], X["gamma_end"]
+    # S_next = Γ S + k_endᵀ U,  U = Ũ - W S  =>  dU = dU_out + k_end dS_next,
+    # dS = Γ dS_next + dS_out - Wᵀ dU.
+    chunks = (k_end, gamma_end, w, dU_out, dS_in_out)
 
     def body(dS_next, x):  # backwards over chunks
-        X_c, S_c, dS_in_c = x
-        _, vjp = jax.vjp(_chunk_step, X_c, S_c)
-        dX_c, dS_c = vjp(dS_next)
-        return dS_c + dS_in_c, dX_c
+        k_end_c, gamma_c, w_c, dU_out_c, dS_out_c = x
+        dU = dU_out_c + jnp.einsum("nkc,ncv->nkv", k_end_c, dS_next)
+        dS_c = gamma_c[..., :, None] * dS_next + dS_out_c
+        if w_c is not None:
+            dS_c = dS_c - jnp.einsum("nkc,nkv->ncv", w_c, dU)
+        return dS_c, (dU, dS_next)
 
-    dS0, dX_scan = jax.lax.scan(body, dS, (Xc, jnp.moveaxis(S_in, 1, 0), jnp.moveaxis(dS_in, 1, 0)),
-                                reverse=True)
-    dX_scan = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), dX_scan)
-    dX = jax.tree.map(lambda a, b: a + b, dX_out, dX_scan)
+    dS0, (dU, dS_out) = jax.lax.scan(
+        body, dS, jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), chunks), reverse=True)
+    dU, dS_out = jnp.moveaxis(dU, 0, 1), jnp.moveaxis(dS_out, 0, 1)  # [N, n_c, K, d_v], [N, n_c, d_k, d_v]
+    dX["u"] = dX["u"] + dU
+    if w is not None:
+        dX["w"] = dX["w"] - jnp.einsum("nctv,nckv->nctk", dU, S_in)
+    dX["k_end"] = dX["k_end"] + jnp.einsum("nctv,nckv->nctk", U, dS_out)
+    d_gamma = jnp.sum(S_in * dS_out, axis=-1)                                  # [N, n_c, d_k]
+    dX["gamma_end"] = dX["gamma_end"] + (d_gamma if gamma_end.shape[-1] > 1 else
+                                         jnp.sum(d_gamma, axis=-1, keepdims=True))
+    if "r_end" in X:
+        dX["r_end"] = dX["r_end"] + dS_out
     dq, dk, dv, dg, dbeta, dR = prep_vjp(dX)
     return dq, dk, dv, dg, dbeta, None, dS0, dR
 
