@@ -26,12 +26,13 @@ with all start flags False (no resets), its own initial state, and its own scan:
 
 A second section measures the compiled fwd+bwd memory of jaxrnn's ``s6`` parallel form
 against ``T`` (chunks of 64 steps), beside the same code with one chunk of ``T`` steps,
-which holds every ``[T, B, E, N]`` state.
+which holds every ``[T, B, E, N]`` state, at state sizes ``N`` = 16 and 64: a ``[T, B, E, N]``
+term would make the growth per step grow with ``N``.
 
 Usage::
 
     python benchmarks/memax_cells.py            # B=16, T=256, H=64, 5 rounds; s6 memory at T=512, 2048
-    python benchmarks/memax_cells.py --B 8 --T 128 --H 32 --N-lru 32 --rounds 3   # what ran on the busy CPU
+    python benchmarks/memax_cells.py --B 8 --T 128 --H 32 --N-lru 32 --rounds 3   # a smaller run
     python benchmarks/memax_cells.py --quick    # 2 rounds, no memory sweep
 
 Writes ``benchmarks/results/memax_cells_<device>.{json,md}`` (``--no-save``: nothing).
@@ -40,6 +41,7 @@ Writes ``benchmarks/results/memax_cells_<device>.{json,md}`` (``--no-save``: not
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import statistics
 import sys
@@ -186,28 +188,30 @@ def run_cells(B, T, H, N_lru, rounds):
     return records
 
 
-def run_s6_memory(Ts, B, H, N, chunk):
-    """Compiled fwd+bwd temporary memory of ``s6`` against ``T``: chunks of ``chunk`` steps
-    and, for contrast, one chunk of ``T`` steps (all states held)."""
+def run_s6_memory(Ts, B, H, Ns, chunk):
+    """Compiled fwd+bwd temporary memory of ``s6`` against ``T``, for each state size in
+    ``Ns``: chunks of ``chunk`` steps and, for contrast, one chunk of ``T`` steps (all states
+    held). A ``[T, B, E, N]`` term would make the growth per step proportional to ``N``."""
     records = []
-    for T in Ts:
-        # The contrast runs a sequential scan inside its one chunk (its backward holds every
-        # state either way; an associative scan over T steps compiles for minutes on a CPU).
-        for label, K, mode in (("chunked", chunk, "chunked"), ("one chunk of T (all states)", T, "sequential")):
-            cell = s6(H, state_size=N, chunk_size=K)
-            params = jax.eval_shape(lambda: cell.init(jax.random.key(0), H))
-            xs = jax.ShapeDtypeStruct((B, T, H), jnp.float32)
+    for N in Ns:
+        for T in Ts:
+            # The contrast runs a sequential scan inside its one chunk (its backward holds every
+            # state either way; an associative scan over T steps compiles for minutes on a CPU).
+            for label, K, mode in (("chunked", chunk, "chunked"), ("one chunk of T (all states)", T, "sequential")):
+                cell = s6(H, state_size=N, chunk_size=K)
+                params = jax.eval_shape(lambda: cell.init(jax.random.key(0), H))
+                xs = jax.ShapeDtypeStruct((B, T, H), jnp.float32)
 
-            def loss(p, xs):
-                _, ys = jaxrnn.unroll(cell, p, None, xs, mode=mode)
-                return jnp.mean(ys ** 2)
+                def loss(p, xs):
+                    _, ys = jaxrnn.unroll(cell, p, None, xs, mode=mode)
+                    return jnp.mean(ys ** 2)
 
-            mem = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile().memory_analysis()
-            temp = None if mem is None else mem.temp_size_in_bytes
-            records.append(dict(section="s6_memory", method=label, mode=mode, B=B, T=T, H=H, E=2 * H, N=N, chunk=K,
-                                temp_mib=None if temp is None else temp / 2 ** 20,
-                                all_states_mib=T * B * 2 * H * N * 4 / 2 ** 20))
-            print(f"s6 memory T={T} {label}: {records[-1]['temp_mib']:.1f} MiB", flush=True)
+                mem = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile().memory_analysis()
+                temp = None if mem is None else mem.temp_size_in_bytes
+                records.append(dict(section="s6_memory", method=label, mode=mode, B=B, T=T, H=H, E=2 * H, N=N,
+                                    chunk=K, temp_mib=None if temp is None else temp / 2 ** 20,
+                                    all_states_mib=T * B * 2 * H * N * 4 / 2 ** 20))
+                print(f"s6 memory N={N} T={T} {label}: {records[-1]['temp_mib']:.1f} MiB", flush=True)
     return records
 
 
@@ -216,8 +220,8 @@ def markdown(records, env, config) -> str:
     mem = [r for r in records if r["section"] == "s6_memory"]
     lines = [f"# jaxrnn vs memax, fwd+bwd (B={config['B']}, T={config['T']}, H={config['H']})", "",
              f"{env['machine']}; jax {env['jax']}, memax {env['memax']}, equinox {env['equinox']}; "
-             f"float32; median of {config['rounds']} interleaved rounds. The machine was shared with other "
-             "jobs while this ran: expect 10-30% noise in times.", "",
+             f"float32; median of {config['rounds']} interleaved rounds. Load average (1 min) "
+             f"{env.get('load_start', float('nan')):.1f} at the start, {env.get('load_end', float('nan')):.1f} at the end.", "",
              "memax's S6 against its equations on jaxrnn.linear_scan (same weights, B=3, T=20, H=8): relative RMS "
              f"{env.get('minimal_s6_vs_memax_rel_rms', float('nan')):.1e}.", "",
              "| cell | library | method | fwd+bwd ms | / memax | compile s | temp MiB | / memax |",
@@ -229,19 +233,30 @@ def markdown(records, env, config) -> str:
                      f"{r['compile_s']:.1f} | {r['temp_mib']:.1f} | {mratio} |")
     if mem:
         lines += ["", f"## s6: compiled fwd+bwd temporary memory against T (B={mem[0]['B']}, M={mem[0]['H']}, "
-                      f"E={mem[0]['E']}, N={mem[0]['N']})", "",
-                  "| T | chunks of 64: temp MiB | one chunk of T: temp MiB | all [T, B, E, N] states MiB |",
-                  "|---|---|---|---|"]
-        for T in dict.fromkeys(r["T"] for r in mem):
-            a = next(r for r in mem if r["T"] == T and r["method"] == "chunked")
-            b = next(r for r in mem if r["T"] == T and r["method"] != "chunked")
-            lines.append(f"| {T} | {a['temp_mib']:.1f} | {b['temp_mib']:.1f} | {a['all_states_mib']:.1f} |")
-        Ts = sorted(dict.fromkeys(r["T"] for r in mem))
-        a0, a1 = (next(r for r in mem if r["T"] == T and r["method"] == "chunked")["temp_mib"] for T in (Ts[0], Ts[-1]))
-        slope = (a1 - a0) * 2 ** 20 / (Ts[-1] - Ts[0])
-        per_state = mem[0]["B"] * mem[0]["E"] * mem[0]["N"] * 4
-        lines += ["", f"Chunked: {slope:.0f} bytes per added step, against {per_state} bytes per step for the "
-                      f"[T, B, E, N] states ({slope / per_state:.2f}x)."]
+                      f"E={mem[0]['E']}, chunk {mem[0]['chunk']})", "",
+                  "| N | T | chunked: temp MiB | one chunk of T: temp MiB | all [T, B, E, N] states MiB |",
+                  "|---|---|---|---|---|"]
+        slopes = []
+        for N in dict.fromkeys(r["N"] for r in mem):
+            rows = [r for r in mem if r["N"] == N]
+            for T in dict.fromkeys(r["T"] for r in rows):
+                a = next(r for r in rows if r["T"] == T and r["method"] == "chunked")
+                b = next(r for r in rows if r["T"] == T and r["method"] != "chunked")
+                lines.append(f"| {N} | {T} | {a['temp_mib']:.1f} | {b['temp_mib']:.1f} | {a['all_states_mib']:.1f} |")
+            Ts = sorted(dict.fromkeys(r["T"] for r in rows))
+
+            def slope(method, Ts=Ts, rows=rows):
+                m0, m1 = (next(r for r in rows if r["T"] == T and (r["method"] == "chunked") == (method == "chunked"))
+                          ["temp_mib"] for T in (Ts[0], Ts[-1]))
+                return (m1 - m0) * 2 ** 20 / (Ts[-1] - Ts[0])
+            slopes.append((N, slope("chunked"), slope("one chunk"), rows[0]["B"] * rows[0]["E"] * N * 4))
+        lines += ["", "Growth per added step (bytes):", "",
+                  "| N | chunked | one chunk of T | [B, E, N] state |", "|---|---|---|---|"]
+        lines += [f"| {N} | {a:.0f} | {b:.0f} | {c} |" for N, a, b, c in slopes]
+        if len(slopes) > 1:
+            (n0, a0, _, c0), (n1, a1, _, c1) = slopes[0], slopes[-1]
+            lines += ["", f"From N={n0} to N={n1} the chunked growth per step changes by {a1 - a0:.0f} bytes, where "
+                          f"a [T, B, E, N] term would add {c1 - c0} bytes."]
     return "\n".join(lines) + "\n"
 
 
@@ -273,9 +288,11 @@ def main(argv=None):
     err = check_minimal_s6()
     print(f"memax S6 vs its equations on jaxrnn.linear_scan: relative RMS {err:.1e}", flush=True)
     env["minimal_s6_vs_memax_rel_rms"] = err
+    env["load_start"] = os.getloadavg()[0]
     records = run_cells(args.B, args.T, args.H, args.N_lru, rounds)
     if not args.quick:
-        records += run_s6_memory(tuple(args.memory_T), B=4, H=16, N=16, chunk=64)
+        records += run_s6_memory(tuple(args.memory_T), B=4, H=16, Ns=(16, 64), chunk=64)
+    env["load_end"] = os.getloadavg()[0]
     config = dict(B=args.B, T=args.T, H=args.H, N_lru=args.N_lru, rounds=rounds)
     md = markdown(records, env, config)
     print(md)
