@@ -344,14 +344,14 @@ def _chunked(q, k, v, g, beta, resets, S0, R, K: int):
             return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
         q, k, v, g, beta, seg_in = p(q), p(k), p(v), p(g), p(beta), p(seg_in)
 
-    def c(x):
-        return x.reshape((N, n_c, K) + x.shape[2:])
+    def c(x):  # chunk-major: [N, n_c K, ...] -> [n_c, N, K, ...], so the scans over chunks
+        return jnp.moveaxis(x.reshape((N, n_c, K) + x.shape[2:]), 1, 0)  # slice it without copies
 
     q, k, v, g, beta, seg_in = c(q), c(k), c(v), c(g), c(beta), c(seg_in)
     seg = jnp.cumsum(seg_in, axis=2)  # segment number of each step inside its chunk
     static = (delta, K, R is not None)
     S, o = _chunked_core(static, q, k, v, g, beta, seg, S0, jnp.zeros_like(S0) if R is None else R)
-    return S, o.reshape((N, n_c * K, -1))[:, :T]
+    return S, jnp.moveaxis(o, 0, 1).reshape((N, n_c * K, -1))[:, :T]
 
 
 def _sub_chunk(K: int) -> int:
@@ -447,29 +447,33 @@ def _unit_lower_inverse(A):
 
 
 @jax.custom_vjp
-def _unit_lower_solve(A, R):
-    """The exact solve of ``(I + A) X = R`` (``A`` strictly lower triangular), as
-    ``(I + A)⁻¹ R`` with the inverse of :func:`_unit_lower_inverse`: ``O(K² s)`` substitution
-    work on small blocks plus matrix products. (XLA:CPU's batched ``triangular_solve`` took
-    ~0.85 s for 16 systems of 64×64 here; forward substitution over the whole ``[K, m]``
-    right-hand side was 2-3x slower than this, its VJP ~2.5x.) The VJP is
-    ``dR = (I + A)⁻ᵀ dX``, ``dA = -tril(dR Xᵀ)``: matrix products with the stored inverse."""
-    return _unit_lower_inverse(A) @ R
-
-
-def _unit_lower_solve_fwd(A, R):
+def _unit_lower_solve(A, Rs):
+    """The exact solves of ``(I + A) X = R`` (``A`` strictly lower triangular) for each
+    right-hand side ``R`` in the tuple ``Rs``, as ``(I + A)⁻¹ R`` with the inverse of
+    :func:`_unit_lower_inverse`: ``O(K² s)`` substitution work on small blocks plus matrix
+    products. (XLA:CPU's batched ``triangular_solve`` took ~0.85 s for 16 systems of 64×64
+    here; forward substitution over the whole ``[K, m]`` right-hand side was 2-3x slower than
+    this, its VJP ~2.5x.) Several right-hand sides share one inverse without being
+    concatenated (a copy of each). The VJP is ``dR = (I + A)⁻ᵀ dX``,
+    ``dA = -tril(Σ dR Xᵀ)``: matrix products with the stored inverse."""
     T = _unit_lower_inverse(A)
-    X = T @ R
-    return X, (T, X)
+    return tuple(T @ R for R in Rs)
 
 
-def _unit_lower_solve_bwd(res, dX):
-    T, X = res
-    dR = jnp.swapaxes(T, -1, -2) @ dX
+def _unit_lower_solve_fwd(A, Rs):
+    T = _unit_lower_inverse(A)
+    Xs = tuple(T @ R for R in Rs)
+    return Xs, (T, Xs)
+
+
+def _unit_lower_solve_bwd(res, dXs):
+    T, Xs = res
+    Tt = jnp.swapaxes(T, -1, -2)
+    dRs = tuple(Tt @ dX for dX in dXs)
+    dA = -sum(dR @ jnp.swapaxes(X, -1, -2) for dR, X in zip(dRs, Xs))
     K = T.shape[-1]
     strict = jnp.tril(jnp.ones((K, K), bool), -1)
-    dA = jnp.where(strict, -(dR @ jnp.swapaxes(X, -1, -2)), 0.0)
-    return dA, dR
+    return jnp.where(strict, dA, 0.0), dRs
 
 
 _unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
@@ -477,10 +481,11 @@ _unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
 
 def _prep(static, q, k, v, g, beta, seg, R):
     """Everything the chunks need that does not depend on the state entering them, all
-    chunks at once. Shapes ``[N, n_c, K, ...]``; ``R`` the reset state ``[N, d_k, d_v]``."""
+    chunks at once. Shapes ``[n_c, N, K, ...]`` (chunk-major); ``R`` the reset state
+    ``[N, d_k, d_v]``."""
     delta, K, has_R = static
-    gc = jnp.cumsum(g, axis=2)                                # [N, n_c, K, 1 or d_k]
-    same = seg[..., :, None] == seg[..., None, :]             # [N, n_c, K, K]
+    gc = jnp.cumsum(g, axis=2)                                # [n_c, N, K, 1 or d_k]
+    same = seg[..., :, None] == seg[..., None, :]             # [n_c, N, K, K]
     first = (seg == 0)[..., None]                             # no reset at or before t in the chunk
     # The log-decay before the segment of t starts (0 for the chunk's first segment): decays
     # relative to it have exponents <= 0.
@@ -492,30 +497,28 @@ def _prep(static, q, k, v, g, beta, seg, R):
     to_end = (seg == last)[..., None]
     g_last = gc[..., -1:, :]
     k_end = jnp.where(to_end, k * jnp.exp(jnp.where(to_end, g_last - gc, 0.0)), 0.0)   # k_j Γ_C/Γ_j
-    gamma_end = jnp.where(last[..., None] == 0, rel[..., -1:, :], 0.0)[..., 0, :]      # [N, n_c, 1|d_k]
+    gamma_end = jnp.where(last[..., None] == 0, rel[..., -1:, :], 0.0)[..., 0, :]      # [n_c, N, 1|d_k]
     q_g = jnp.where(first, q * rel, 0.0)
     A_qk = _pair(q, k, gc, same, strict=False)
     X = dict(k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
     if delta:
         b = beta[..., None]
         A = b * _pair(k, k, gc, same, strict=True)
-        parts = [b * v, b * jnp.where(first, k * rel, 0.0)]
+        parts = (b * v, b * jnp.where(first, k * rel, 0.0))
         if has_R:
-            parts.append(b * jnp.where(first, 0.0, k * rel))
-        sizes = np.cumsum([p.shape[-1] for p in parts])[:-1]
-        sol = _unit_lower_solve(A, jnp.concatenate(parts, axis=-1))
-        sol = jnp.split(sol, sizes, axis=-1)
+            parts += (b * jnp.where(first, 0.0, k * rel),)
+        sol = _unit_lower_solve(A, parts)
         u, w = sol[0], sol[1]
         if has_R:
-            u = u - jnp.einsum("nctk,nkv->nctv", sol[2], R)
+            u = u - jnp.einsum("cntk,nkv->cntv", sol[2], R)
     else:
         u, w = v, None
     X.update(u=u, w=w)
     if has_R:  # segments that start at a reset inside the chunk start from R
         q_r = jnp.where(first, 0.0, q * rel)
-        X["o_r"] = jnp.einsum("nctk,nkv->nctv", q_r, R)
-        gamma_r = jnp.where(last[..., None] > 0, rel[..., -1:, :], 0.0)[..., 0, :]    # [N, n_c, 1|d_k]
-        X["r_end"] = gamma_r[..., :, None] * R[:, None]
+        X["o_r"] = jnp.einsum("cntk,nkv->cntv", q_r, R)
+        gamma_r = jnp.where(last[..., None] > 0, rel[..., -1:, :], 0.0)[..., 0, :]    # [n_c, N, 1|d_k]
+        X["r_end"] = gamma_r[..., :, None] * R[None]
     return X
 
 
@@ -528,21 +531,21 @@ def _chunk_step(X, S):
 
 
 def _states(X, S0):
-    """The state entering every chunk ``[N, n_c, d_k, d_v]``, every chunk's ``U``
-    ``[N, n_c, K, d_v]`` and the final state."""
-    Xc = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), X)
+    """The state entering every chunk ``[n_c, N, d_k, d_v]``, every chunk's ``U``
+    ``[n_c, N, K, d_v]`` and the final state. The scan reads only what the step needs."""
+    Xc = {name: X[name] for name in ("u", "w", "k_end", "gamma_end", "r_end") if name in X}
 
     def body(S, x):
         S_next, U = _chunk_step(x, S)
         return S_next, (S, U)
 
     S, (S_in, U) = jax.lax.scan(body, S0, Xc)
-    return jnp.moveaxis(S_in, 0, 1), jnp.moveaxis(U, 0, 1), S
+    return S_in, U, S
 
 
 def _outputs(X, S_in, U):
-    """Outputs of all chunks at once, ``[N, n_c, K, d_v]``."""
-    o = jnp.einsum("nctk,nckv->nctv", X["q_g"], S_in) + jnp.einsum("nctj,ncjv->nctv", X["A_qk"], U)
+    """Outputs of all chunks at once, ``[n_c, N, K, d_v]``."""
+    o = jnp.einsum("cntk,cnkv->cntv", X["q_g"], S_in) + jnp.einsum("cntj,cnjv->cntv", X["A_qk"], U)
     return o + X["o_r"] if "o_r" in X else o
 
 
@@ -582,14 +585,12 @@ def _chunked_bwd(static, res, cts):
             dS_c = dS_c - jnp.einsum("nkc,nkv->ncv", w_c, dU)
         return dS_c, (dU, dS_next)
 
-    dS0, (dU, dS_out) = jax.lax.scan(
-        body, dS, jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), chunks), reverse=True)
-    dU, dS_out = jnp.moveaxis(dU, 0, 1), jnp.moveaxis(dS_out, 0, 1)  # [N, n_c, K, d_v], [N, n_c, d_k, d_v]
+    dS0, (dU, dS_out) = jax.lax.scan(body, dS, chunks, reverse=True)  # [n_c, N, K, d_v], [n_c, N, d_k, d_v]
     dX["u"] = dX["u"] + dU
     if w is not None:
-        dX["w"] = dX["w"] - jnp.einsum("nctv,nckv->nctk", dU, S_in)
-    dX["k_end"] = dX["k_end"] + jnp.einsum("nctv,nckv->nctk", U, dS_out)
-    d_gamma = jnp.sum(S_in * dS_out, axis=-1)                                  # [N, n_c, d_k]
+        dX["w"] = dX["w"] - jnp.einsum("cntv,cnkv->cntk", dU, S_in)
+    dX["k_end"] = dX["k_end"] + jnp.einsum("cntv,cnkv->cntk", U, dS_out)
+    d_gamma = jnp.sum(S_in * dS_out, axis=-1)                                  # [n_c, N, d_k]
     dX["gamma_end"] = dX["gamma_end"] + (d_gamma if gamma_end.shape[-1] > 1 else
                                          jnp.sum(d_gamma, axis=-1, keepdims=True))
     if "r_end" in X:
