@@ -106,8 +106,11 @@ def main(Ts=(512, 2048, 8192), B=4, H=4, d=64, repeats=5, max_gb=6.0, out=None):
         records.append(dict(kind="check", cell="GDN" if gated else "DeltaNet", rel_rms=err))
     for T in Ts:
         args = inputs(B, T, H, d)
-        for gated in (True, False):
-            for name, make in impls:
+        # jaxrnn's programs first, memax's last: a program timed right after memax's (which
+        # map and unmap gigabytes) pays the kernel's page faults, and three warm-up calls
+        # before each timing let that settle.
+        for name, make in impls:
+            for gated in (True, False):
                 for pass_ in ("fwd", "fwd+bwd"):
                     fn = make(gated)
                     fn = fn if pass_ == "fwd" else loss_of(fn)
@@ -125,7 +128,7 @@ def main(Ts=(512, 2048, 8192), B=4, H=4, d=64, repeats=5, max_gb=6.0, out=None):
                     if mem > max_gb * 2 ** 30:
                         rec.update(skipped=f"compiled memory {mem / 2 ** 30:.1f} GB > --max-gb {max_gb}")
                     else:
-                        rec.update(ms=time_fn(compiled, *args, repeats=repeats, warmup=1))
+                        rec.update(ms=time_fn(compiled, *args, repeats=repeats, warmup=3))
                     records.append(rec)
                     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.items()}, flush=True)
     # Ratios.
@@ -180,7 +183,9 @@ def main(Ts=(512, 2048, 8192), B=4, H=4, d=64, repeats=5, max_gb=6.0, out=None):
         cpu = ""
     md = [f"# Matrix recurrences on {info['device']} ({cpu})", "",
           f"jax {info['jax']}, jaxlib {info['jaxlib']}, Python {info['python']}, {info['cpu_count']} CPUs, "
-          f"{info['time']}. B={B}, heads={H}, d_k=d_v={d}, float32, chunk 64; medians of {repeats} runs (ms); "
+          f"{info['time']}. B={B}, heads={H}, d_k=d_v={d}, float32, chunk 64; medians of {repeats} runs (ms), "
+          "each program timed in its own block of runs after three warm-up calls, as in training, where one program "
+          "runs again and again; "
           "memory = compiled temporaries + outputs (MB). memax runs whose program needs more than "
           f"{max_gb} GB are compiled but not run. The machine is shared with other jobs: timings are noisy.", "",
           "memax vs jaxrnn check (T=100): " + ", ".join(f"{r['cell']} rel RMS {r['rel_rms']:.1e}"
@@ -219,8 +224,9 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-gb", type=float, default=6.0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--T", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")
     a = parser.parse_args()
     if a.quick:
         main(Ts=(128, 256), B=2, H=2, d=16, repeats=2, max_gb=a.max_gb, out=a.out)
     else:
-        main(repeats=a.repeats, max_gb=a.max_gb, out=a.out)
+        main(Ts=tuple(a.T), repeats=a.repeats, max_gb=a.max_gb, out=a.out)
