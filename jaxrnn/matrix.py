@@ -344,8 +344,10 @@ def _chunked(q, k, v, g, beta, resets, S0, R, K: int):
             return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
         q, k, v, g, beta, seg_in = p(q), p(k), p(v), p(g), p(beta), p(seg_in)
 
-    def c(x):  # chunk-major: [N, n_c K, ...] -> [n_c, N, K, ...], so the scans over chunks
-        return jnp.moveaxis(x.reshape((N, n_c, K) + x.shape[2:]), 1, 0)  # slice it without copies
+    # Chunk-major, [N, n_c K, ...] -> [n_c, N, K, ...]: the scans over chunks slice their
+    # inputs and stack their outputs without copies.
+    def c(x):
+        return jnp.moveaxis(x.reshape((N, n_c, K) + x.shape[2:]), 1, 0)
 
     q, k, v, g, beta, seg_in = c(q), c(k), c(v), c(g), c(beta), c(seg_in)
     seg = jnp.cumsum(seg_in, axis=2)  # segment number of each step inside its chunk
@@ -537,10 +539,10 @@ def _states(X, S0):
 
     def body(S, x):
         S_next, U = _chunk_step(x, S)
-        return S_next, (S, U)
+        return S_next, (S, None if x["w"] is None else U)  # without the delta rule U is Ũ
 
     S, (S_in, U) = jax.lax.scan(body, S0, Xc)
-    return S_in, U, S
+    return S_in, X["u"] if U is None else U, S
 
 
 def _outputs(X, S_in, U):
