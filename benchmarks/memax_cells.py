@@ -215,6 +215,12 @@ def run_s6_memory(Ts, B, H, Ns, chunk):
     return records
 
 
+def _growth_per_step(rows, chunked: bool) -> float:
+    """Bytes of compiled temporaries added per step, between the shortest and longest ``T``."""
+    rows = sorted((r for r in rows if (r["method"] == "chunked") == chunked), key=lambda r: r["T"])
+    return (rows[-1]["temp_mib"] - rows[0]["temp_mib"]) * 2 ** 20 / (rows[-1]["T"] - rows[0]["T"])
+
+
 def markdown(records, env, config) -> str:
     cells = [r for r in records if r["section"] == "cells"]
     mem = [r for r in records if r["section"] == "s6_memory"]
@@ -243,13 +249,8 @@ def markdown(records, env, config) -> str:
                 a = next(r for r in rows if r["T"] == T and r["method"] == "chunked")
                 b = next(r for r in rows if r["T"] == T and r["method"] != "chunked")
                 lines.append(f"| {N} | {T} | {a['temp_mib']:.1f} | {b['temp_mib']:.1f} | {a['all_states_mib']:.1f} |")
-            Ts = sorted(dict.fromkeys(r["T"] for r in rows))
-
-            def slope(method, Ts=Ts, rows=rows):
-                m0, m1 = (next(r for r in rows if r["T"] == T and (r["method"] == "chunked") == (method == "chunked"))
-                          ["temp_mib"] for T in (Ts[0], Ts[-1]))
-                return (m1 - m0) * 2 ** 20 / (Ts[-1] - Ts[0])
-            slopes.append((N, slope("chunked"), slope("one chunk"), rows[0]["B"] * rows[0]["E"] * N * 4))
+            slopes.append((N, _growth_per_step(rows, chunked=True), _growth_per_step(rows, chunked=False),
+                           rows[0]["B"] * rows[0]["E"] * N * 4))
         lines += ["", "Growth per added step (bytes):", "",
                   "| N | chunked | one chunk of T | [B, E, N] state |", "|---|---|---|---|"]
         lines += [f"| {N} | {a:.0f} | {b:.0f} | {c} |" for N, a, b, c in slopes]

@@ -11,6 +11,7 @@ import pytest
 
 import jaxrnn
 from jaxrnn.zoo import deltanet, gated_deltanet, gla, mamba2, mlstm
+from test_zoo_deltanet import rel_rms
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +23,6 @@ CELLS = {
     "mamba2": lambda: mamba2(I, state_size=8, head_dim=8),
     "mlstm": lambda: mlstm(I, num_heads=2, bias=True),
 }
-
-
-def rel_rms(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.sqrt(np.mean((got - want) ** 2) / max(np.mean(want ** 2), 1e-30)))
 
 
 def tree_rel_rms(a, b) -> float:
