@@ -1,6 +1,7 @@
 """Matrix-state recurrences: jaxrnn.matrix.matrix_scan chunked vs sequential, and memax.
 
-Gated DeltaNet's recurrence (scalar decay + delta rule) and DeltaNet's (delta rule, no decay)
+Gated DeltaNet's recurrence (scalar decay + delta rule) and DeltaNet's (delta rule, no decay:
+``log_decay=None``)
 at B=4, 4 heads, d_k = d_v = 64, T in {512, 2048, 8192}, float32, forward and fwd+bwd
 (gradient of sum(o²) + sum(S²) w.r.t. q, k, v, decay, beta). For each: compile time, median
 run time, and the compiled program's memory (``memory_analysis()``: temporaries + outputs).
@@ -47,8 +48,7 @@ def inputs(B, T, H, d, key=0):
 
 def jaxrnn_fn(mode, gated):
     def f(q, k, v, log_decay, beta):
-        g = log_decay if gated else jnp.zeros_like(log_decay)
-        return matrix_scan(q, k, v, g, beta, mode=mode, chunk_size=64)
+        return matrix_scan(q, k, v, log_decay if gated else None, beta, mode=mode, chunk_size=64)
     return f
 
 

@@ -14,7 +14,9 @@ batch element and head, with a state ``S`` of shape ``[d_k, d_v]``::
     return S, o
 
 ``G[t]`` is ``exp(log_decay[t])``: one number per head (``log_decay [*batch, T, heads]``)
-or one per key channel, applied to the rows of ``S`` (``[*batch, T, heads, d_k]``).
+or one per key channel, applied to the rows of ``S`` (``[*batch, T, heads, d_k]``);
+``log_decay=None`` means no decay (``G = 1``: DeltaNet, plain linear attention), and the
+chunked form then skips every decay factor instead of multiplying by ones.
 
 Two modes compute the same values:
 
@@ -112,8 +114,9 @@ def matrix_scan(
       k: keys, the shape of ``q``.
       v: values ``[*batch, T, heads, d_v]``.
       log_decay: ``log G``, ``<= 0``: ``[*batch, T, heads]`` (a scalar decay per head) or
-        ``[*batch, T, heads, d_k]`` (one per key channel). Positive values are not checked;
-        they grow the state and the chunked form loses its overflow guarantee.
+        ``[*batch, T, heads, d_k]`` (one per key channel), or None for no decay (``G = 1``).
+        Positive values are not checked; they grow the state and the chunked form loses its
+        overflow guarantee.
       beta: None (no delta term) or ``[*batch, T, heads]``: the delta rule's step sizes
         (``[0, 1]``, or ``[0, 2]`` for negative eigenvalues).
       h0: initial state ``[*batch, heads, d_k, d_v]``; None for zeros.
@@ -156,7 +159,6 @@ def matrix_scan(
     q = _as_float(q, "q")
     k = _as_float(k, "k")
     v = _as_float(v, "v")
-    log_decay = _as_float(log_decay, "log_decay")
     if q.ndim < 3:
         raise ValueError(f"`q` must have shape [*batch, T, heads, d_k] (rank >= 3); got {tuple(q.shape)}.")
     if k.shape != q.shape:
@@ -166,7 +168,9 @@ def matrix_scan(
         raise ValueError(f"`v` must have shape {list(lead) + ['d_v']} (that of `q` but the last axis); "
                          f"got {tuple(v.shape)}.")
     d_k, d_v = int(q.shape[-1]), int(v.shape[-1])
-    if tuple(log_decay.shape) == lead:
+    if log_decay is None:  # no decay (DeltaNet, plain linear attention)
+        per_channel = False
+    elif tuple((log_decay := _as_float(log_decay, "log_decay")).shape) == lead:
         per_channel = False
     elif tuple(log_decay.shape) == lead + (d_k,):
         per_channel = True
@@ -205,8 +209,7 @@ def _matrix_scan_core(static, q, k, v, log_decay, beta, h0, reset_state, lengths
     """:func:`matrix_scan` past its checks: the arrays validated, the options in ``static``."""
     mode, chunk_size, time_major, per_channel, scale, batch_shape, T, H, d_k, d_v = static
     state_shape = batch_shape + (H, d_k, d_v)
-    dtype = _acc_dtype(*(x.dtype for x in (q, k, v, log_decay) + ((beta,) if beta is not None else ())
-                         + ((h0,) if h0 is not None else ())))
+    dtype = _acc_dtype(*(x.dtype for x in (q, k, v, log_decay, beta, h0) if x is not None))
     out_dtype = v.dtype
 
     # Internal layout: [N, T, ...] with N = prod(batch) * heads flattened, in `dtype`.
@@ -223,7 +226,7 @@ def _matrix_scan_core(static, q, k, v, log_decay, beta, h0, reset_state, lengths
         return x.reshape((N, T) + tuple(x.shape[3:]))
 
     qf, kf, vf = flat(q, 1) * jnp.asarray(scale, dtype), flat(k, 1), flat(v, 1)
-    gf = flat(log_decay, 1) if per_channel else flat(log_decay, 0)[..., None]  # [N, T, 1 or d_k]
+    gf = None if log_decay is None else (flat(log_decay, 1) if per_channel else flat(log_decay, 0)[..., None])  # [N, T, 1 or d_k]
     bf = None if beta is None else flat(beta, 0)  # [N, T]
     S0 = jnp.zeros((N, d_k, d_v), dtype) if h0 is None else h0.astype(dtype).reshape((N, d_k, d_v))
     R = None if reset_state is None else reset_state.astype(dtype).reshape((N, d_k, d_v))
@@ -241,7 +244,7 @@ def _matrix_scan_core(static, q, k, v, log_decay, beta, h0, reset_state, lengths
         if valid is not None:
             rs = rs & valid
     if valid is not None:  # frozen past the length: a unit decay and no write
-        gf = jnp.where(valid[..., None], gf, 0.0)
+        gf = None if gf is None else jnp.where(valid[..., None], gf, 0.0)
         kf = jnp.where(valid[..., None], kf, 0.0)
         vf = jnp.where(valid[..., None], vf, 0.0)
         if bf is not None:
@@ -276,7 +279,7 @@ def matrix_step(S, q, k, v, log_decay, beta=None, *, scale: float = 1.0):
     Args:
       S: state ``[..., d_k, d_v]`` (float32 for the usual accuracy).
       q, k: ``[..., d_k]``; v: ``[..., d_v]``.
-      log_decay: ``[..., 1]`` (scalar decay) or ``[..., d_k]``.
+      log_decay: ``[..., 1]`` (scalar decay) or ``[..., d_k]``; None for no decay.
       beta: None or ``[...]``.
       scale: factor of the output.
 
@@ -284,8 +287,9 @@ def matrix_step(S, q, k, v, log_decay, beta=None, *, scale: float = 1.0):
       ``(S, o)``: the new state and ``o = scale * Sᵀ q`` ``[..., d_v]``, in ``S``'s dtype.
     """
     dtype = S.dtype
-    q, k, v, log_decay = (x.astype(dtype) for x in (q, k, v, log_decay))
-    S = jnp.exp(log_decay)[..., :, None] * S  # rows (key channels) decay
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    if log_decay is not None:
+        S = jnp.exp(log_decay.astype(dtype))[..., :, None] * S  # rows (key channels) decay
     if beta is None:
         S = S + k[..., :, None] * v[..., None, :]
     else:
@@ -314,7 +318,7 @@ def _as_float(x, name: str) -> Array:
 def _sequential(q, k, v, g, beta, resets, S0, R):
     """A scan of the step; inputs ``[N, T, ...]`` (internal layout), returns ``(S, o [N, T, d_v])``."""
     delta = beta is not None
-    xs = (jnp.moveaxis(q, 1, 0), jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0), jnp.moveaxis(g, 1, 0),
+    xs = (jnp.moveaxis(q, 1, 0), jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0), None if g is None else jnp.moveaxis(g, 1, 0),
           None if beta is None else beta.T, None if resets is None else resets.T)
 
     def body(S, x):
@@ -342,14 +346,16 @@ def _chunked(q, k, v, g, beta, resets, S0, R, K: int):
     if pad:  # identity steps at the end: no decay, no write
         def p(x):
             return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
-        q, k, v, g, beta, seg_in = p(q), p(k), p(v), p(g), p(beta), p(seg_in)
+        q, k, v, beta, seg_in = p(q), p(k), p(v), p(beta), p(seg_in)
+        g = None if g is None else p(g)
 
     # Chunk-major, [N, n_c K, ...] -> [n_c, N, K, ...]: the scans over chunks slice their
     # inputs and stack their outputs without copies.
     def c(x):
         return jnp.moveaxis(x.reshape((N, n_c, K) + x.shape[2:]), 1, 0)
 
-    q, k, v, g, beta, seg_in = c(q), c(k), c(v), c(g), c(beta), c(seg_in)
+    q, k, v, beta, seg_in = c(q), c(k), c(v), c(beta), c(seg_in)
+    g = None if g is None else c(g)
     seg = jnp.cumsum(seg_in, axis=2)  # segment number of each step inside its chunk
     static = (delta, K, R is not None)
     S, o = _chunked_core(static, q, k, v, g, beta, seg, S0, jnp.zeros_like(S0) if R is None else R)
@@ -364,11 +370,14 @@ def _sub_chunk(K: int) -> int:
 def _pair(x, y, gc, same, strict: bool):
     """``M[t, j] = Σ_c x_tc y_jc exp(gc_tc - gc_jc)`` for ``j <= t`` (``j < t`` when
     ``strict``) in the same segment, 0 elsewhere; ``[..., K, d] -> [..., K, K]``.
-    ``gc`` is ``[..., K, 1]`` (scalar decay) or ``[..., K, d]``; ``same`` ``[..., K, K]`` bool."""
+    ``gc`` is None (no decay), ``[..., K, 1]`` (scalar decay) or ``[..., K, d]``; ``same``
+    ``[..., K, K]`` bool."""
     K = x.shape[-2]
     t = jnp.arange(K)
     causal = (t[:, None] > t[None, :]) if strict else (t[:, None] >= t[None, :])
     mask = causal & same
+    if gc is None:
+        return jnp.where(mask, jnp.einsum("...tc,...jc->...tj", x, y), 0.0)
     if gc.shape[-1] == 1:
         diff = gc[..., :, 0][..., :, None] - gc[..., :, 0][..., None, :]
         decay = jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
@@ -486,20 +495,16 @@ def _prep(static, q, k, v, g, beta, seg, R):
     chunks at once. Shapes ``[n_c, N, K, ...]`` (chunk-major); ``R`` the reset state
     ``[N, d_k, d_v]``."""
     delta, K, has_R = static
-    gc = jnp.cumsum(g, axis=2)                                # [n_c, N, K, 1 or d_k]
     same = seg[..., :, None] == seg[..., None, :]             # [n_c, N, K, K]
     first = (seg == 0)[..., None]                             # no reset at or before t in the chunk
-    # The log-decay before the segment of t starts (0 for the chunk's first segment): decays
-    # relative to it have exponents <= 0.
-    starts = seg - jnp.pad(seg[..., :-1], ((0, 0), (0, 0), (1, 0))) > 0
-    idx = jax.lax.cummax(jnp.where(starts, jnp.arange(K), 0), axis=2)
-    base = jnp.take_along_axis(gc - g, idx[..., None], axis=2)
-    rel = jnp.exp(gc - base)                                  # Γ_t relative to its segment's entry
     last = seg[..., -1:]
     to_end = (seg == last)[..., None]
-    g_last = gc[..., -1:, :]
-    k_end = jnp.where(to_end, k * jnp.exp(jnp.where(to_end, g_last - gc, 0.0)), 0.0)   # k_j Γ_C/Γ_j
-    gamma_end = jnp.where(last[..., None] == 0, rel[..., -1:, :], 0.0)[..., 0, :]      # [n_c, N, 1|d_k]
+    if g is None:  # no decay: every ratio Γ_t/Γ_j is 1
+        gc, rel = None, 1.0
+        k_end = jnp.where(to_end, k, 0.0)
+        gamma_end = (last == 0).astype(k.dtype)                                        # [n_c, N, 1]
+    else:
+        gc, rel, k_end, gamma_end = _decays(g, seg, to_end, last, k)
     q_g = jnp.where(first, q * rel, 0.0)
     A_qk = _pair(q, k, gc, same, strict=False)
     X = dict(k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
@@ -519,9 +524,28 @@ def _prep(static, q, k, v, g, beta, seg, R):
     if has_R:  # segments that start at a reset inside the chunk start from R
         q_r = jnp.where(first, 0.0, q * rel)
         X["o_r"] = jnp.einsum("cntk,nkv->cntv", q_r, R)
-        gamma_r = jnp.where(last[..., None] > 0, rel[..., -1:, :], 0.0)[..., 0, :]    # [n_c, N, 1|d_k]
+        gamma_r = (last > 0).astype(k.dtype) if g is None else \
+            jnp.where(last[..., None] > 0, rel[..., -1:, :], 0.0)[..., 0, :]        # [n_c, N, 1|d_k]
         X["r_end"] = gamma_r[..., :, None] * R[None]
     return X
+
+
+def _decays(g, seg, to_end, last, k):
+    """The decays of :func:`_prep`: the in-chunk cumulative log-decay ``gc``, each step's decay
+    relative to the start of its segment ``rel``, the keys decayed to the chunk's end
+    ``k_end`` and the decay of the entering state across the chunk ``gamma_end``."""
+    K = seg.shape[-1]
+    gc = jnp.cumsum(g, axis=2)                                # [n_c, N, K, 1 or d_k]
+    # The log-decay before the segment of t starts (0 for the chunk's first segment): decays
+    # relative to it have exponents <= 0.
+    starts = seg - jnp.pad(seg[..., :-1], ((0, 0), (0, 0), (1, 0))) > 0
+    idx = jax.lax.cummax(jnp.where(starts, jnp.arange(K), 0), axis=2)
+    base = jnp.take_along_axis(gc - g, idx[..., None], axis=2)
+    rel = jnp.exp(gc - base)                                  # Γ_t relative to its segment's entry
+    g_last = gc[..., -1:, :]
+    k_end = jnp.where(to_end, k * jnp.exp(jnp.where(to_end, g_last - gc, 0.0)), 0.0)   # k_j Γ_C/Γ_j
+    gamma_end = jnp.where(last[..., None] == 0, rel[..., -1:, :], 0.0)[..., 0, :]      # [n_c, N, 1|d_k]
+    return gc, rel, k_end, gamma_end
 
 
 def _chunk_step(X, S):

@@ -34,8 +34,9 @@ def make(key, B, T, H, dk, dv, *, per_channel=False, delta=True, gate_scale=1.0,
     k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
     v = jax.random.normal(ks[2], (B, T, H, dv))
     gshape = (B, T, H, dk) if per_channel else (B, T, H)
-    # fla's test convention: logsigmoid of the gate logits, divided by a normaliser 10, 1, 0.1
-    g = jax.nn.log_sigmoid(jax.random.normal(ks[3], gshape)) / (1.0 / gate_scale)
+    # fla's test convention: logsigmoid of the gate logits, divided by a normaliser 10, 1, 0.1;
+    # per_channel=None: no decay at all (log_decay=None: DeltaNet, plain linear attention)
+    g = None if per_channel is None else jax.nn.log_sigmoid(jax.random.normal(ks[3], gshape)) / (1.0 / gate_scale)
     beta = jax.random.uniform(ks[4], (B, T, H), minval=0.0, maxval=2.0) if delta else None
     h0 = jax.random.normal(ks[5], (B, H, dk, dv))
     resets = jax.random.bernoulli(ks[6], reset_p, (B, T)) if reset_p else None
@@ -45,7 +46,8 @@ def make(key, B, T, H, dk, dv, *, per_channel=False, delta=True, gate_scale=1.0,
 
 def loop64(q, k, v, log_decay, beta, h0, resets=None, lengths=None, scale=1.0):
     """The recurrence of the docstring, a float64 NumPy loop."""
-    q, k, v, g = (np.asarray(x, np.float64) for x in (q, k, v, log_decay))
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    g = np.zeros(q.shape[:3]) if log_decay is None else np.asarray(log_decay, np.float64)
     beta = None if beta is None else np.asarray(beta, np.float64)
     B, T, H, dk = q.shape
     S = np.zeros((B, H, dk, v.shape[-1])) if h0 is None else np.array(h0, np.float64)
@@ -74,6 +76,8 @@ CASES = [  # (per_channel, delta)
     (False, False),  # linear attention / Mamba-2 / RetNet
     (True, False),   # GLA
     (True, True),    # per-channel decay with the delta rule
+    (None, True),    # DeltaNet: no decay (log_decay=None)
+    (None, False),   # plain linear attention
 ]
 
 
@@ -107,7 +111,7 @@ def test_gradients_chunked_vs_sequential(key, per_channel, delta):
     resets = jnp.zeros((B, T), bool).at[0, 0].set(True).at[1, 8].set(True).at[1, 13].set(True)
     reset_state = jax.random.normal(jax.random.key(9), d["h0"].shape)
     lengths = jnp.array([T, 30], jnp.int32)
-    names = ["q", "k", "v", "log_decay", "h0"] + (["beta"] if delta else [])
+    names = ["q", "k", "v", "h0"] + (["beta"] if delta else []) + (["log_decay"] if per_channel is not None else [])
 
     def loss(mode, args):
         full = dict(d, **args)
@@ -123,10 +127,12 @@ def test_gradients_chunked_vs_sequential(key, per_channel, delta):
         assert rel_rms(g_chk[n], g_seq[n]) <= F32, (n, rel_rms(g_chk[n], g_seq[n]))
 
 
-def test_gradient_check_small(key):
-    d = make(key, 1, 9, 1, 3, 2, per_channel=True, delta=True)
-    f = lambda q, k, v, g, b, h0: matrix_scan(q, k, v, g, b, h0, chunk_size=4)[1]
-    args = tuple(np.asarray(d[n], np.float64) for n in ("q", "k", "v", "log_decay", "beta", "h0"))
+@pytest.mark.parametrize("per_channel", [True, None])
+def test_gradient_check_small(key, per_channel):
+    d = make(key, 1, 9, 1, 3, 2, per_channel=per_channel, delta=True)
+    names = ("q", "k", "v", "beta", "h0") + (("log_decay",) if per_channel else ())
+    f = lambda q, k, v, b, h0, g=None: matrix_scan(q, k, v, g, b, h0, chunk_size=4)[1]
+    args = tuple(np.asarray(d[n], np.float64) for n in names)
     with enable_x64():
         check_grads(f, tuple(jnp.asarray(a) for a in args), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
@@ -201,8 +207,11 @@ def test_fla_delta_rule(key):
     o_ref, S_ref = ref.delta_rule_recurrence(tr(d["q"]), tr(d["k"]), tr(d["v"]), tr(d["beta"]),
                                              initial_state=_torch(d["h0"]))
     zero = jnp.zeros_like(d["beta"])
-    S, o = matrix_scan(d["q"], d["k"], d["v"], zero, d["beta"], d["h0"], chunk_size=16, scale=16 ** -0.5)
-    assert rel_rms(o, np.swapaxes(o_ref.numpy(), 1, 2)) <= F32 and rel_rms(S, S_ref.numpy()) <= F32
+    for g in (None, zero):  # no decay, and a unit decay given explicitly
+        for mode in ("chunked", "sequential"):
+            S, o = matrix_scan(d["q"], d["k"], d["v"], g, d["beta"], d["h0"], chunk_size=16, scale=16 ** -0.5,
+                               mode=mode)
+            assert rel_rms(o, np.swapaxes(o_ref.numpy(), 1, 2)) <= F32 and rel_rms(S, S_ref.numpy()) <= F32
 
 
 @pytest.mark.parametrize("gate_scale", [0.1, 1.0, 10.0])

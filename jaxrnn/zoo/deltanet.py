@@ -280,7 +280,9 @@ class MatrixCell:
         else:
             p = self._conv_act_noconv(p)
         q, k, v, log_decay, beta, gate = self._mix(params, xs, p)
-        S, o = matrix_scan(q, k, v, log_decay[..., 0] if log_decay.shape[-1] == 1 else log_decay, beta, h.S,
+        if log_decay is not None and log_decay.shape[-1] == 1:  # one decay per head
+            log_decay = log_decay[..., 0]
+        S, o = matrix_scan(q, k, v, log_decay, beta, h.S,
                            seq_lengths=lengths, resets=resets, reset_state=None if R is None else R.S,
                            time_major=True, mode=mode,
                            chunk_size=chunk_size or self.chunk_size or DEFAULT_CHUNK_SIZE, scale=self.scale)
@@ -437,11 +439,11 @@ class GatedDeltaNetCell(MatrixCell):
             a = (x @ params.a_proj.T).astype(jnp.float32) + params.dt_bias.astype(jnp.float32)
             log_decay = -jnp.exp(params.A_log.astype(jnp.float32)) * jax.nn.softplus(a)
         else:
-            log_decay = jnp.zeros(lead + (H,), jnp.float32)
+            log_decay = None  # DeltaNet: no decay (matrix_scan skips it)
         gate = None
         if self.use_gate:
             gate = (x @ params.g_proj.T).reshape(lead + (H, dv))
-        return q, k, v, log_decay[..., None], beta, gate
+        return q, k, v, None if log_decay is None else log_decay[..., None], beta, gate
 
     def _conv_act_noconv(self, p):  # fla: silu on the projections without the short conv
         return jax.nn.silu(p)
