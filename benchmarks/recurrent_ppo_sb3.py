@@ -131,7 +131,7 @@ def header(note=""):
 
 
 def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESULTS,
-         note=""):
+         note="", condition=""):
     if os.path.exists(out):
         with open(out) as f:
             record = json.load(f)
@@ -141,6 +141,7 @@ def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESUL
         print(f"sb3-contrib RecurrentPPO seed {seed}: training {total_timesteps} steps", flush=True)
         r = run_seed(seed, total_timesteps, n_eval_episodes)
         r["load_at_end"] = os.getloadavg()
+        r["condition"] = condition
         print(f"  seed {seed}: {r['train_wall_s']:.1f} s to {r['env_steps']} steps, "
                     f"deterministic return {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} "
                     f"({n_eval_episodes} episodes), load {r['load_at_end']}", flush=True)
@@ -151,13 +152,16 @@ def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESUL
 
 
 def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None):
-    """The side-by-side markdown table from this script's JSON and the example's."""
+    """The side-by-side markdown table from this script's JSON and the example's. Wall-time
+    ratios use the sb3 runs made on a quiet machine (``condition`` starting with "quiet"),
+    as the example's run is; CPU-time ratios use every run."""
     with open(sb3_path) as f:
         sb3 = json.load(f)
     with open(jaxrnn_path) as f:
         jx = json.load(f)
     mem = next(r for r in jx["runs"] if r["label"] == "memory")
     ctl = next((r for r in jx["runs"] if r["label"] == "control"), None)
+    one = next((r for r in jx["runs"] if r["label"] == "one seed"), None)
     n = len(mem["seeds"])
     lines = [
             "# Recurrent PPO on CartPoleNoVel-v1: jaxrnn vs sb3-contrib RecurrentPPO",
@@ -167,37 +171,48 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None):
             "",
             "Same settings (RL Zoo ppo_lstm): " + sb3["settings"] + ".",
             f"Final return: deterministic, {len(sb3['runs'][0]['eval_returns']) if sb3['runs'] else 20} episodes, "
-            "normalisation statistics frozen. jaxrnn trains its "
-            f"{n} seeds at once under `vmap`, so its time to 100k steps is the time for every seed (compile included; "
-            "periodic evaluations excluded).",
+            f"normalisation statistics frozen. jaxrnn trains its {n} seeds at once under `vmap` (one time for all "
+            "of them), then seed 0 again by itself (one training run's time); compile included, periodic "
+            "evaluations excluded. sb3-contrib trains one seed per process (one torch thread).",
             "",
-            "| library | seed | env steps | time to 100k steps (wall, s) | CPU time (s) | final deterministic return |",
-            "|---|---|---|---|---|---|",
+            "| library | seed | env steps | time to 100k steps (wall, s) | CPU time (s) | final deterministic return | machine |",
+            "|---|---|---|---|---|---|---|",
     ]
     for r in sb3["runs"]:
         lines.append(f"| sb3-contrib | {r['seed']} | {r['env_steps']} | {r['train_wall_s']:.0f} | "
-                                  f"{r.get('train_cpu_s', float('nan')):.0f} | {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} |")
-    for r in sb3.get("unfinished", []):
-        lines.append(f"| sb3-contrib | {r['seed']} | not finished at the deadline | > {r['wall_s_so_far']} "
-                     f"(still running) | > {r['cpu_s_so_far']} | n/a |")
+                     f"{r.get('train_cpu_s', float('nan')):.0f} | {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} | "
+                     f"{r.get('condition', '')} |")
+    cond = jx.get("note", "").split(":")[0]  # the example's --note, "quiet: ..." or "shared: ..."
     cpu = mem.get("train_cpu_s")
     for i, s in enumerate(mem["seeds"]):
         lines.append(f"| jaxrnn ({n} seeds in one vmap) | {s} | {mem['env_steps']} | {mem['train_wall_s']:.0f} (all {n}) | "
-                                  f"{'%.0f' % cpu if cpu else 'n/a'} (all {n}) | "
-                                  f"{mem['final_eval_mean'][i]:.1f} +- {mem['final_eval_std'][i]:.1f} |")
+                     f"{'%.0f' % cpu if cpu else 'n/a'} (all {n}) | "
+                     f"{mem['final_eval_mean'][i]:.1f} +- {mem['final_eval_std'][i]:.1f} | {cond} |")
+    if one:
+        lines.append(f"| jaxrnn (one seed alone) | {one['seeds'][0]} | {one['env_steps']} | {one['train_wall_s']:.0f} | "
+                     f"{one['train_cpu_s']:.0f} | {one['final_eval_mean'][0]:.1f} +- {one['final_eval_std'][0]:.1f} | {cond} |")
     if ctl:
         lines.append("")
         lines.append(f"Negative control (jaxrnn, memory cut: a reset at every step): final deterministic return per seed "
-                                  f"{[round(x, 1) for x in ctl['final_eval_mean']]} (mean {np.mean(ctl['final_eval_mean']):.1f}).")
-    if sb3["runs"]:
-        w = np.median([r["train_wall_s"] for r in sb3["runs"]])
-        lines += ["", f"Wall time, jaxrnn (all {n} seeds) / sb3-contrib (median of {len(sb3['runs'])} seed(s), one "
-                            f"seed each): {mem['train_wall_s'] / w:.3f}."]
-        c = [r["train_cpu_s"] for r in sb3["runs"] if "train_cpu_s" in r]
-        if c and cpu:
-            lines.append(f"CPU time, same ratio: {cpu / np.median(c):.3f}.")
-        lines.append(f"Per seed (jaxrnn's time for all {n} seeds / {n}) over sb3-contrib's per seed: wall "
-                     f"{mem['train_wall_s'] / n / w:.3f}" + (f", CPU {cpu / n / np.median(c):.3f}." if c and cpu else "."))
+                     f"{[round(x, 1) for x in ctl['final_eval_mean']]} (mean {np.mean(ctl['final_eval_mean']):.1f}).")
+    sb3_ret = [r["eval_return_mean"] for r in sb3["runs"]]
+    lines += ["", f"Final deterministic return, mean over seeds: sb3-contrib {np.mean(sb3_ret):.1f} "
+              f"({sum(x >= 500 for x in sb3_ret)} of {len(sb3_ret)} seeds at 500), jaxrnn "
+              f"{np.mean(mem['final_eval_mean']):.1f} ({sum(x >= 500 for x in mem['final_eval_mean'])} of {n} at 500)."]
+    quiet = [r for r in sb3["runs"] if r.get("condition", "").startswith("quiet")]
+    if quiet:
+        w = np.median([r["train_wall_s"] for r in quiet])
+        lines += ["", f"Wall time to 100k steps over sb3-contrib's (median of its {len(quiet)} quiet-machine run(s), "
+                  f"{w:.0f} s, one seed each):"]
+        if one:
+            lines.append(f"- one jaxrnn training run (seed {one['seeds'][0]} alone): {one['train_wall_s'] / w:.3f};")
+        lines.append(f"- jaxrnn's {n} seeds in one vmap, all of them: {mem['train_wall_s'] / w:.3f} "
+                     f"({mem['train_wall_s'] / n / w:.3f} per seed).")
+    c = [r["train_cpu_s"] for r in sb3["runs"] if "train_cpu_s" in r]
+    if c and cpu:
+        lines.append(f"CPU time over sb3-contrib's (median of {len(c)} runs, {np.median(c):.0f} s): "
+                     + (f"one jaxrnn run {one['train_cpu_s'] / np.median(c):.3f}, " if one else "")
+                     + f"{n} seeds in one vmap {cpu / np.median(c):.3f}.")
     lines += ["", "Notes: " + sb3.get("note", ""), "", jx.get("note", "")]
     text = "\n".join(lines) + "\n"
     out = out or os.path.splitext(sb3_path)[0] + ".md"
@@ -214,9 +229,11 @@ if __name__ == "__main__":
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--note", default="")
+    p.add_argument("--condition", default="", help="the machine's state during the run, kept per run; "
+                   "runs whose condition starts with 'quiet' are the ones the wall-time ratios use")
     p.add_argument("--table", action="store_true", help="only write the markdown table from the JSONs")
     a = p.parse_args()
     if a.table:
         table(a.out)
     else:
-        main(a.seeds, a.steps, a.episodes, a.out, a.note)
+        main(a.seeds, a.steps, a.episodes, a.out, a.note, a.condition)

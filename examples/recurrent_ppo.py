@@ -20,6 +20,10 @@ Where the memory enters (:mod:`jaxrnn.rl`)::
     # update: each stored sequence replayed from the state stored at its start
     _, ys = jaxrnn.unroll(cell, params, h0[idx], obs[idx], resets=starts[idx])
 
+Each epoch's minibatches are sb3-contrib's: the rollout's steps in env-major order, rotated
+at a random split and cut into consecutive pieces; the sequence piece that begins at the split
+is replayed from the state the rollout stored there (``minibatch_rows``).
+
 ``starts`` is the *pre-step* done (the env's done of the previous step); feeding the
 post-step done resets one step early and the replay no longer reproduces the rollout
 (``tests/test_recurrent_ppo.py`` checks both). Rollout and update run under one ``jit``,
@@ -29,7 +33,8 @@ The negative control is the same agent with its memory cut: a reset at every ste
 
 Run::
 
-    python examples/recurrent_ppo.py                 # 5 seeds + control, 100k steps each
+    python examples/recurrent_ppo.py                 # 5 seeds + control, 100k steps each,
+                                                     # then seed 0 alone (one agent's time)
     python examples/recurrent_ppo.py --smoke         # a few updates, seconds
 """
 
@@ -90,6 +95,11 @@ class Config:
     @property
     def num_minibatches(self) -> int:
         return max(1, self.steps_per_update // self.batch_size)
+
+    def __post_init__(self):
+        if self.batch_size % self.num_steps or self.steps_per_update % self.batch_size:
+            raise ValueError(f"`batch_size` must be a multiple of `num_steps` ({self.num_steps}) that divides "
+                             f"num_envs * num_steps ({self.steps_per_update}); got {self.batch_size}.")
 
     def make_cell(self):
         if self.cell == "lstm":
@@ -224,6 +234,7 @@ class Transition(NamedTuple):
     reward: jax.Array       # normalised, plus gamma * V(terminal obs) on truncation
     done: jax.Array         # post-step done (terminated or truncated)
     raw_reward: jax.Array
+    h: Any                  # (actor, critic) state entering this step, before its reset
 
 
 class Runner(NamedTuple):
@@ -290,7 +301,7 @@ def rollout(cfg: Config, r: Runner):
         v_term = heads(r.params, y_term, y_term)[1]
         reward_n = reward_n + cfg.gamma * jnp.where(trunc, v_term, 0.0)
         ep_return = r.ep_return + reward
-        tr = Transition(r.obs, r.start, action, logp, value, reward_n, done, reward)
+        tr = Transition(r.obs, r.start, action, logp, value, reward_n, done, reward, r.h)
         finished = (jnp.where(done, ep_return, 0.0), done)
         r = r._replace(env=env, obs=normalize_obs(obs_rms, raw), start=done, h=h, obs_rms=obs_rms,
                        ret_rms=ret_rms, ret=jnp.where(done, 0.0, ret), ep_return=jnp.where(done, 0.0, ep_return),
@@ -319,41 +330,69 @@ def gae(cfg: Config, traj: Transition, last_value, next_start):
     return adv.T, adv.T + traj.value
 
 
-def ppo_loss(cfg: Config, params, h0, traj: Transition, adv, returns, clip):
+def ppo_loss(cfg: Config, params, h0, traj: Transition, adv, returns, clip, mask=None):
+    """PPO's clipped loss over the steps where ``mask`` ``[B, T]`` is True (all if None),
+    with the advantages normalised over them (SB3's ``[mask]`` means); also the ratios."""
     resets = traj.start if cfg.memory else jnp.ones_like(traj.start)
     logits, values = replay(cfg, params, h0, traj.obs, resets)
     logp_all = jax.nn.log_softmax(logits)
     logp = jnp.take_along_axis(logp_all, traj.action[..., None], -1)[..., 0]
-    adv = (adv - adv.mean()) / (jnp.std(adv, ddof=1) + 1e-8)
+    m = jnp.ones(adv.shape) if mask is None else mask.astype(adv.dtype)
+    n = m.sum()
+    mean = lambda x: (x * m).sum() / n
+    adv_mean = mean(adv)
+    adv_std = jnp.sqrt(((adv - adv_mean) ** 2 * m).sum() / (n - 1))   # torch's std: ddof 1
+    adv = (adv - adv_mean) / (adv_std + 1e-8)
     ratio = jnp.exp(logp - traj.logp)
-    pg = -jnp.minimum(adv * ratio, adv * jnp.clip(ratio, 1 - clip, 1 + clip)).mean()
-    v_loss = ((returns - values) ** 2).mean()
-    entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
+    pg = -mean(jnp.minimum(adv * ratio, adv * jnp.clip(ratio, 1 - clip, 1 + clip)))
+    v_loss = mean((returns - values) ** 2)
+    entropy = -mean((jnp.exp(logp_all) * logp_all).sum(-1))
     return pg - cfg.ent_coef * entropy + cfg.vf_coef * v_loss, ratio
 
 
+def minibatch_rows(cfg: Config, traj: Transition, h0, adv, returns, split, m):
+    """Minibatch ``m`` of an epoch as sb3-contrib's ``RecurrentRolloutBuffer.get`` makes it.
+
+    SB3 rotates the env-major order of the rollout's steps by a random ``split`` in
+    ``[0, E·T)`` and cuts it into consecutive minibatches of ``batch_size`` steps. With
+    ``batch_size = k·T``, minibatch ``m`` is ``k + 1`` rows: env ``e`` (``(split // T + m·k) mod E``)
+    from step ``t0 = split % T`` on, replayed from the state the rollout stored at ``t0``
+    and moved to the front of its row; ``k - 1`` whole env sequences from their initial
+    states; env ``e + k``'s steps before ``t0``. Returns ``(h, traj, adv, returns, mask)`` with
+    rows ``[k + 1, T]``; ``mask`` marks the steps the minibatch holds (``k·T`` of them)."""
+    E, T = cfg.num_envs, cfg.num_steps
+    k = cfg.batch_size // T
+    e0, t0 = split // T, split % T
+    envs = (e0 + m * k + jnp.arange(k + 1)) % E
+    rows = jax.tree.map(lambda a: a[envs], (traj._replace(h=()), adv, returns))
+    traj_m, adv_m, ret_m = jax.tree.map(lambda a: a.at[0].set(jnp.roll(a[0], -t0, axis=0)), rows)
+    h = jax.tree.map(lambda hs, h: h.at[0].set(hs[envs[0], t0]), traj.h, rl.take_states(h0, envs))
+    t = jnp.arange(T)
+    mask = jnp.ones((k + 1, T), bool).at[0].set(t < T - t0).at[k].set(t < t0)
+    return h, traj_m, adv_m, ret_m, mask
+
+
 def update(cfg: Config, r: Runner, traj, h0, last_value):
-    """``epochs`` passes over the rollout, minibatches of whole env sequences, each replayed
-    from its stored initial state."""
+    """``epochs`` passes over the rollout; each epoch's minibatches as SB3's (see
+    :func:`minibatch_rows`), each sequence replayed from the state stored where it starts."""
     adv, returns = gae(cfg, traj, last_value, r.start)
     progress = jnp.maximum(0.0, 1.0 - (r.update + 1) * cfg.steps_per_update / cfg.total_steps)
     clip = cfg.clip * progress
     opt = make_optimizer(cfg)
-    n_mb, per_mb = cfg.num_minibatches, cfg.num_envs // cfg.num_minibatches
     grad = jax.grad(lambda p, *a: ppo_loss(cfg, p, *a)[0])
 
     def epoch(carry, key):
         params, opt_state = carry
-        order = jax.random.permutation(key, cfg.num_envs).reshape(n_mb, per_mb)
+        split = jax.random.randint(key, (), 0, cfg.steps_per_update)
 
-        def minibatch(carry, idx):
+        def minibatch(carry, m):
             params, opt_state = carry
-            take = lambda a: a[idx]
-            g = grad(params, rl.take_states(h0, idx), jax.tree.map(take, traj), adv[idx], returns[idx], clip)
+            h, traj_m, adv_m, ret_m, mask = minibatch_rows(cfg, traj, h0, adv, returns, split, m)
+            g = grad(params, h, traj_m, adv_m, ret_m, clip, mask)
             upd, opt_state = opt.update(g, opt_state, params)
             return (optax.apply_updates(params, upd), opt_state), None
 
-        return jax.lax.scan(minibatch, (params, opt_state), order)[0], None
+        return jax.lax.scan(minibatch, (params, opt_state), jnp.arange(cfg.num_minibatches))[0], None
 
     key, k = jax.random.split(r.key)
     (params, opt_state), _ = jax.lax.scan(epoch, (r.params, r.opt_state), jax.random.split(k, cfg.epochs))
@@ -478,21 +517,24 @@ def plot(records, path):
     fig.savefig(path, dpi=110)
 
 
-def main(seeds=(0, 1, 2, 3, 4), total_steps=100_000, eval_every=17, control=True, smoke=False, save=True):
+def main(seeds=(0, 1, 2, 3, 4), total_steps=100_000, eval_every=17, control=True, smoke=False, save=True,
+         alone=True, note="", out_path=None):
     cfg = Config(total_steps=total_steps)
     if smoke:
         cfg, eval_every, seeds = Config(total_steps=4 * 256), 2, seeds[:2]
     print(f"jaxrnn recurrent PPO on CartPoleNoVel: {len(seeds)} seeds under vmap, {cfg.num_updates} updates "
           f"of {cfg.steps_per_update} steps ({jax.devices()[0].platform})", flush=True)
-    t0 = time.perf_counter()
+    t0, load_at_start = time.perf_counter(), os.getloadavg()
     records = [run(cfg, seeds, eval_every, "memory")]
     if control:
         records.append(run(dataclasses.replace(cfg, memory=False), seeds, eval_every, "control"))
+    if alone and len(seeds) > 1:  # one agent trained by itself: the time one training run takes
+        records.append(run(cfg, seeds[:1], eval_every, "one seed"))
     total = time.perf_counter() - t0
     for rec in records:
         m = np.array(rec["final_eval_mean"])
         print(f"{rec['label']:>8}: {rec['env_steps']} env steps per seed, training {rec['train_wall_s']:.1f} s "
-              f"(CPU time {rec['train_cpu_s']:.1f} s) for {len(seeds)} seeds at once (compile {rec['compile_s']:.1f} s; evaluations {rec['eval_wall_s']:.1f} s "
+              f"(CPU time {rec['train_cpu_s']:.1f} s) for {len(rec['seeds'])} seed(s) at once (compile {rec['compile_s']:.1f} s; evaluations {rec['eval_wall_s']:.1f} s "
               f"more); final deterministic return (20 episodes) per seed {np.round(m, 1).tolist()}, "
               f"mean {m.mean():.1f}", flush=True)
     print(f"total wall time {total:.1f} s", flush=True)
@@ -500,13 +542,13 @@ def main(seeds=(0, 1, 2, 3, 4), total_steps=100_000, eval_every=17, control=True
                versions=dict(jax=jax.__version__, jaxlib=jaxlib.__version__, optax=optax.__version__, jaxrnn=jaxrnn.__version__,
                              python=platform.python_version()),
                backend=jax.devices()[0].platform, total_wall_s=total, runs=records,
-               note="2-core CPU shared with other engineers' jobs (and sb3's benchmark run at times): "
-                    "wall times are noisy upward.")
+               load_at_start=load_at_start, load_at_end=os.getloadavg(), note=note)
     if save and not smoke:
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "recurrent_ppo.json"), "w") as f:
+        path = out_path or os.path.join(RESULTS, "recurrent_ppo.json")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             json.dump(out, f, indent=1)
-        plot(records, os.path.join(RESULTS, "recurrent_ppo.png"))
+        plot([r for r in records if r["label"] in ("memory", "control")], os.path.splitext(path)[0] + ".png")
     return out
 
 
@@ -517,5 +559,10 @@ if __name__ == "__main__":
     p.add_argument("--eval-every", type=int, default=17, help="updates between deterministic evaluations")
     p.add_argument("--no-control", action="store_true")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--no-alone", action="store_true", help="skip the run of the first seed by itself")
+    p.add_argument("--note", default="", help="conditions of the run, kept in the JSON")
+    p.add_argument("--out", default=None, help="JSON path (default examples/results/recurrent_ppo.json; "
+                   "the PNG goes beside it)")
     a = p.parse_args()
-    main(tuple(a.seeds), a.steps, a.eval_every, not a.no_control, a.smoke)
+    main(tuple(a.seeds), a.steps, a.eval_every, not a.no_control, a.smoke, alone=not a.no_alone, note=a.note,
+         out_path=a.out)

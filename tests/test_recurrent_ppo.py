@@ -61,6 +61,43 @@ def test_replay_reproduces_rollout(cell, mode):
     assert np.abs(bad - 1.0).max() > 1e-3
 
 
+@pytest.mark.slow
+def test_sb3_minibatches_replay_rollout_from_stored_states():
+    """SB3's minibatches (the env-major order rotated at a random split, the piece after the
+    split replayed from the state the rollout stored there) cover every step once, and on the
+    first epoch reproduce the rollout's log-probabilities and values exactly, the piece that
+    starts mid-sequence included; replaying that piece from zeros instead does not."""
+    cfg = CFG
+    E, T = cfg.num_envs, cfg.num_steps
+    rollout = jax.jit(lambda r: ppo.rollout(cfg, r))
+    r = ppo.init_runner(cfg, jax.random.key(3))
+    r, *_ = rollout(r)
+    r, traj, h0, last_value, _ = rollout(r)
+    adv, returns = ppo.gae(cfg, traj, last_value, r.start)
+    flat = jnp.arange(E * T, dtype=jnp.float32).reshape(E, T)  # which step each entry is
+    loss = jax.jit(lambda p, h, t, a, g, mk: ppo.ppo_loss(cfg, p, h, t, a, g, cfg.clip, mk))
+    rows = jax.jit(lambda split, m, a: ppo.minibatch_rows(cfg, traj, h0, a, returns, split, m))
+    mid_sequence = 0
+    for split in (0, 57, E * T - 1):
+        seen = []
+        for m in range(cfg.num_minibatches):
+            h, traj_m, idx_m, _, mask = rows(split, m, flat)
+            mask = np.asarray(mask)
+            assert mask.sum() == cfg.batch_size
+            seen.append(np.asarray(idx_m)[mask])
+            _, _, adv_m, ret_m, _ = rows(split, m, adv)
+            _, ratio = loss(r.params, h, traj_m, adv_m, ret_m, mask)
+            np.testing.assert_allclose(np.asarray(ratio)[mask], 1.0, rtol=0, atol=1e-6)
+            if split % T and not bool(traj_m.start[0, 0]):  # the first row starts mid-sequence
+                assert float(jnp.abs(jax.tree.leaves(h)[0][0]).max()) > 1e-2
+                h_zero = jax.tree.map(lambda a: a.at[0].set(0.0), h)
+                _, bad = loss(r.params, h_zero, traj_m, adv_m, ret_m, mask)
+                assert np.abs(np.asarray(bad)[0][mask[0]] - 1.0).max() > 1e-3
+                mid_sequence += 1
+        np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(E * T))
+    assert mid_sequence >= 2
+
+
 def test_cartpole_physics_against_gym_equations():
     """One step of the JAX CartPole against gym's CartPole-v1 equations in float64 numpy."""
     s = np.array([0.1, -0.3, 0.05, 0.4])
