@@ -350,15 +350,15 @@ def ppo_loss(cfg: Config, params, h0, traj: Transition, adv, returns, clip, mask
     return pg - cfg.ent_coef * entropy + cfg.vf_coef * v_loss, ratio
 
 
-def minibatch_rows(cfg: Config, traj: Transition, h0, adv, returns, split, m):
+def minibatch_rows(cfg: Config, traj: Transition, adv, returns, split, m):
     """Minibatch ``m`` of an epoch as sb3-contrib's ``RecurrentRolloutBuffer.get`` makes it.
 
     SB3 rotates the env-major order of the rollout's steps by a random ``split`` in
     ``[0, E·T)`` and cuts it into consecutive minibatches of ``batch_size`` steps. With
     ``batch_size = k·T``, minibatch ``m`` is ``k + 1`` rows: env ``e`` (``(split // T + m·k) mod E``)
-    from step ``t0 = split % T`` on, replayed from the state the rollout stored at ``t0``
-    and moved to the front of its row; ``k - 1`` whole env sequences from their initial
-    states; env ``e + k``'s steps before ``t0``. Returns ``(h, traj, adv, returns, mask)`` with
+    from step ``t0 = split % T`` on, moved to the front of its row; ``k - 1`` whole env
+    sequences; env ``e + k``'s steps before ``t0``. Each row is replayed from the state the
+    rollout stored where the row starts (``traj.h``). Returns ``(h, traj, adv, returns, mask)`` with
     rows ``[k + 1, T]``; ``mask`` marks the steps the minibatch holds (``k·T`` of them)."""
     E, T = cfg.num_envs, cfg.num_steps
     k = cfg.batch_size // T
@@ -366,13 +366,14 @@ def minibatch_rows(cfg: Config, traj: Transition, h0, adv, returns, split, m):
     envs = (e0 + m * k + jnp.arange(k + 1)) % E
     rows = jax.tree.map(lambda a: a[envs], (traj._replace(h=()), adv, returns))
     traj_m, adv_m, ret_m = jax.tree.map(lambda a: a.at[0].set(jnp.roll(a[0], -t0, axis=0)), rows)
-    h = jax.tree.map(lambda hs, h: h.at[0].set(hs[envs[0], t0]), traj.h, rl.take_states(h0, envs))
+    first = jnp.zeros((k + 1,), jnp.int32).at[0].set(t0)                   # the step each row starts at
+    h = jax.tree.map(lambda hs: hs[envs, first], traj.h)
     t = jnp.arange(T)
     mask = jnp.ones((k + 1, T), bool).at[0].set(t < T - t0).at[k].set(t < t0)
     return h, traj_m, adv_m, ret_m, mask
 
 
-def update(cfg: Config, r: Runner, traj, h0, last_value):
+def update(cfg: Config, r: Runner, traj, last_value):
     """``epochs`` passes over the rollout; each epoch's minibatches as SB3's (see
     :func:`minibatch_rows`), each sequence replayed from the state stored where it starts."""
     adv, returns = gae(cfg, traj, last_value, r.start)
@@ -387,7 +388,7 @@ def update(cfg: Config, r: Runner, traj, h0, last_value):
 
         def minibatch(carry, m):
             params, opt_state = carry
-            h, traj_m, adv_m, ret_m, mask = minibatch_rows(cfg, traj, h0, adv, returns, split, m)
+            h, traj_m, adv_m, ret_m, mask = minibatch_rows(cfg, traj, adv, returns, split, m)
             g = grad(params, h, traj_m, adv_m, ret_m, clip, mask)
             upd, opt_state = opt.update(g, opt_state, params)
             return (optax.apply_updates(params, upd), opt_state), None
@@ -400,8 +401,8 @@ def update(cfg: Config, r: Runner, traj, h0, last_value):
 
 
 def train_step(cfg: Config, r: Runner, _):
-    r, traj, h0, last_value, (ep_returns, ep_done) = rollout(cfg, r)
-    r = update(cfg, r, traj, h0, last_value)
+    r, traj, _, last_value, (ep_returns, ep_done) = rollout(cfg, r)
+    r = update(cfg, r, traj, last_value)
     n = ep_done.sum()
     return r, (ep_returns.sum() / jnp.maximum(n, 1), n)
 

@@ -500,11 +500,13 @@ def _prep(static, q, k, v, g, beta, seg, R):
     last = seg[..., -1:]
     to_end = (seg == last)[..., None]
     if g is None:  # no decay: every ratio Γ_t/Γ_j is 1
-        gc, rel = None, 1.0
+        gc, rel, rel_last = None, 1.0, jnp.ones(last.shape + (1,), k.dtype)
         k_end = jnp.where(to_end, k, 0.0)
-        gamma_end = (last == 0).astype(k.dtype)                                        # [n_c, N, 1]
     else:
-        gc, rel, k_end, gamma_end = _decays(g, seg, to_end, last, k)
+        gc, rel, k_end = _decays(g, seg, to_end, k)
+        rel_last = rel[..., -1:, :]                           # [n_c, N, 1, 1|d_k]
+    # the entering state's decay across the chunk (0 if a reset falls inside it)
+    gamma_end = jnp.where(last[..., None] == 0, rel_last, 0.0)[..., 0, :]             # [n_c, N, 1|d_k]
     q_g = jnp.where(first, q * rel, 0.0)
     A_qk = _pair(q, k, gc, same, strict=False)
     X = dict(k_end=k_end, gamma_end=gamma_end, q_g=q_g, A_qk=A_qk)
@@ -524,16 +526,15 @@ def _prep(static, q, k, v, g, beta, seg, R):
     if has_R:  # segments that start at a reset inside the chunk start from R
         q_r = jnp.where(first, 0.0, q * rel)
         X["o_r"] = jnp.einsum("cntk,nkv->cntv", q_r, R)
-        gamma_r = (last > 0).astype(k.dtype) if g is None else \
-            jnp.where(last[..., None] > 0, rel[..., -1:, :], 0.0)[..., 0, :]        # [n_c, N, 1|d_k]
+        gamma_r = jnp.where(last[..., None] > 0, rel_last, 0.0)[..., 0, :]             # [n_c, N, 1|d_k]
         X["r_end"] = gamma_r[..., :, None] * R[None]
     return X
 
 
-def _decays(g, seg, to_end, last, k):
+def _decays(g, seg, to_end, k):
     """The decays of :func:`_prep`: the in-chunk cumulative log-decay ``gc``, each step's decay
-    relative to the start of its segment ``rel``, the keys decayed to the chunk's end
-    ``k_end`` and the decay of the entering state across the chunk ``gamma_end``."""
+    relative to the start of its segment ``rel`` and the keys decayed to the chunk's end
+    ``k_end``."""
     K = seg.shape[-1]
     gc = jnp.cumsum(g, axis=2)                                # [n_c, N, K, 1 or d_k]
     # The log-decay before the segment of t starts (0 for the chunk's first segment): decays
@@ -544,8 +545,7 @@ def _decays(g, seg, to_end, last, k):
     rel = jnp.exp(gc - base)                                  # Γ_t relative to its segment's entry
     g_last = gc[..., -1:, :]
     k_end = jnp.where(to_end, k * jnp.exp(jnp.where(to_end, g_last - gc, 0.0)), 0.0)   # k_j Γ_C/Γ_j
-    gamma_end = jnp.where(last[..., None] == 0, rel[..., -1:, :], 0.0)[..., 0, :]      # [n_c, N, 1|d_k]
-    return gc, rel, k_end, gamma_end
+    return gc, rel, k_end
 
 
 def _chunk_step(X, S):

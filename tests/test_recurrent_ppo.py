@@ -65,18 +65,18 @@ def test_replay_reproduces_rollout(cell, mode):
 def test_sb3_minibatches_replay_rollout_from_stored_states():
     """SB3's minibatches (the env-major order rotated at a random split, the piece after the
     split replayed from the state the rollout stored there) cover every step once, and on the
-    first epoch reproduce the rollout's log-probabilities and values exactly, the piece that
-    starts mid-sequence included; replaying that piece from zeros instead does not."""
+    first epoch reproduce the rollout's log-probabilities exactly, the piece that starts
+    mid-sequence included; replaying that piece from zeros instead does not."""
     cfg = CFG
     E, T = cfg.num_envs, cfg.num_steps
     rollout = jax.jit(lambda r: ppo.rollout(cfg, r))
     r = ppo.init_runner(cfg, jax.random.key(3))
     r, *_ = rollout(r)
-    r, traj, h0, last_value, _ = rollout(r)
+    r, traj, _, last_value, _ = rollout(r)
     adv, returns = ppo.gae(cfg, traj, last_value, r.start)
     flat = jnp.arange(E * T, dtype=jnp.float32).reshape(E, T)  # which step each entry is
     loss = jax.jit(lambda p, h, t, a, g, mk: ppo.ppo_loss(cfg, p, h, t, a, g, cfg.clip, mk))
-    rows = jax.jit(lambda split, m, a: ppo.minibatch_rows(cfg, traj, h0, a, returns, split, m))
+    rows = jax.jit(lambda split, m, a: ppo.minibatch_rows(cfg, traj, a, returns, split, m))
     mid_sequence = 0
     for split in (0, 57, E * T - 1):
         seen = []
