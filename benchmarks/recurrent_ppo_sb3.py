@@ -24,6 +24,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -34,8 +35,8 @@ import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "recurrent_ppo_sb3.json")
 JAXRNN = os.path.join(os.path.dirname(__file__), "..", "examples", "results", "recurrent_ppo.json")
-# more jaxrnn seeds, from `python examples/recurrent_ppo.py --seeds 5 6 7 8 9 --no-control --no-alone --out ...`
-JAXRNN_MORE = os.path.join(os.path.dirname(JAXRNN), "recurrent_ppo_more_seeds.json")
+# more jaxrnn seeds, each file from `python examples/recurrent_ppo.py --seeds ... --no-control --no-alone --out ...`
+JAXRNN_MORE = os.path.join(os.path.dirname(JAXRNN), "recurrent_ppo_more_seeds*.json")
 
 
 def _machine():
@@ -153,6 +154,48 @@ def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESUL
     return record
 
 
+def iqm(x):
+    """Interquartile mean: the mean of the middle half (25% trimmed from each end, as
+    ``scipy.stats.trim_mean(x, 0.25)``; the aggregate rliable recommends over few seeds)."""
+    x = np.sort(np.asarray(x, float))
+    k = int(0.25 * len(x))
+    return float(x[k:len(x) - k].mean())
+
+
+def compare(jx, sb3, n_boot=20_000, seed=0):
+    """Final returns of jaxrnn's seeds against sb3's: point estimates and 95% percentile
+    bootstrap intervals (seeds resampled with replacement within each library) of the mean,
+    the IQM, their differences (jaxrnn - sb3) and the probability of improvement
+    P(jaxrnn seed > sb3 seed) + P(tie) / 2."""
+    a, b = np.asarray(jx, float), np.asarray(sb3, float)
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), (n_boot, len(a)))
+    ib = rng.integers(0, len(b), (n_boot, len(b)))
+    A, B = np.sort(a[ia], 1), np.sort(b[ib], 1)
+
+    def iqm_rows(X):
+        k = int(0.25 * X.shape[1])
+        return X[:, k:X.shape[1] - k].mean(1)
+
+    def poi(x, y):
+        gt = (x[..., :, None] > y[..., None, :]).mean((-1, -2))
+        eq = (x[..., :, None] == y[..., None, :]).mean((-1, -2))
+        return gt + eq / 2
+
+    ci = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return dict(
+        n=[len(a), len(b)],
+        mean=[float(a.mean()), float(b.mean())], mean_ci=[ci(A.mean(1)), ci(B.mean(1))],
+        mean_diff=float(a.mean() - b.mean()), mean_diff_ci=ci(A.mean(1) - B.mean(1)),
+        iqm=[iqm(a), iqm(b)], iqm_ci=[ci(iqm_rows(A)), ci(iqm_rows(B))],
+        iqm_diff=iqm(a) - iqm(b), iqm_diff_ci=ci(iqm_rows(A) - iqm_rows(B)),
+        median=[float(np.median(a)), float(np.median(b))],
+        at_500=[int((a >= 500).sum()), int((b >= 500).sum())],
+        at_450=[int((a >= 450).sum()), int((b >= 450).sum())],
+        prob_improvement=float(poi(a, b)), prob_improvement_ci=ci(np.concatenate(
+            [poi(A[i:i + 1000], B[i:i + 1000]) for i in range(0, n_boot, 1000)])))
+
+
 def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None, more_path=JAXRNN_MORE):
     """The side-by-side markdown table from this script's JSON and the example's. Wall-time
     ratios use the sb3 runs made on a quiet machine (``condition`` starting with "quiet"),
@@ -165,10 +208,10 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None, more_path=JAXRNN_MORE)
     ctl = next((r for r in jx["runs"] if r["label"] == "control"), None)
     one = next((r for r in jx["runs"] if r["label"] == "one seed"), None)
     n = len(mem["seeds"])
-    more = None
-    if more_path and os.path.exists(more_path):
-        with open(more_path) as f:
-            more = next(r for r in json.load(f)["runs"] if r["label"] == "memory")
+    more = []  # further jaxrnn seeds, one vmap run per file
+    for path in sorted(glob.glob(more_path)) if more_path else []:
+        with open(path) as f:
+            more.append(next(r for r in json.load(f)["runs"] if r["label"] == "memory"))
     lines = [
             "# Recurrent PPO on CartPoleNoVel-v1: jaxrnn vs sb3-contrib RecurrentPPO",
             "",
@@ -197,23 +240,34 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None, more_path=JAXRNN_MORE)
     if one:
         lines.append(f"| jaxrnn (one seed alone) | {one['seeds'][0]} | {one['env_steps']} | {one['train_wall_s']:.0f} | "
                      f"{one['train_cpu_s']:.0f} | {one['final_eval_mean'][0]:.1f} +- {one['final_eval_std'][0]:.1f} | {cond} |")
-    if more:
-        m = len(more["seeds"])
-        for i, s in enumerate(more["seeds"]):
-            lines.append(f"| jaxrnn ({m} more seeds in one vmap) | {s} | {more['env_steps']} | {more['train_wall_s']:.0f} (all {m}) | "
-                         f"{more['train_cpu_s']:.0f} (all {m}) | {more['final_eval_mean'][i]:.1f} +- {more['final_eval_std'][i]:.1f} | "
+    for more_run in more:
+        m = len(more_run["seeds"])
+        for i, s in enumerate(more_run["seeds"]):
+            lines.append(f"| jaxrnn ({m} more seeds in one vmap) | {s} | {more_run['env_steps']} | "
+                         f"{more_run['train_wall_s']:.0f} (all {m}) | {more_run['train_cpu_s']:.0f} (all {m}) | "
+                         f"{more_run['final_eval_mean'][i]:.1f} +- {more_run['final_eval_std'][i]:.1f} | "
                          f"{cond} |")
     if ctl:
         lines.append("")
         lines.append(f"Negative control (jaxrnn, memory cut: a reset at every step): final deterministic return per seed "
                      f"{[round(x, 1) for x in ctl['final_eval_mean']]} (mean {np.mean(ctl['final_eval_mean']):.1f}).")
     sb3_ret = [r["eval_return_mean"] for r in sb3["runs"]]
-    jx_ret = mem["final_eval_mean"] + (more["final_eval_mean"] if more else [])
-    lines += ["", f"Final deterministic return over every seed: sb3-contrib mean {np.mean(sb3_ret):.1f}, median "
-              f"{np.median(sb3_ret):.1f} ({sum(x >= 500 for x in sb3_ret)} of {len(sb3_ret)} seeds at 500, "
-              f"{sum(x >= 450 for x in sb3_ret)} at 450 or more); jaxrnn mean {np.mean(jx_ret):.1f}, median "
-              f"{np.median(jx_ret):.1f} ({sum(x >= 500 for x in jx_ret)} of {len(jx_ret)} at 500, "
-              f"{sum(x >= 450 for x in jx_ret)} at 450 or more)."]
+    jx_ret = mem["final_eval_mean"] + [x for m in more for x in m["final_eval_mean"]]
+    st = compare(jx_ret, sb3_ret)
+    f1 = lambda v: f"{v:.1f}"
+    ci = lambda v: f"[{v[0]:.1f}, {v[1]:.1f}]"
+    lines += ["", f"Final deterministic return over every seed ({st['n'][0]} jaxrnn, {st['n'][1]} sb3-contrib; "
+              "95% intervals: percentile bootstrap over seeds, 20000 resamples):", "",
+              "| | jaxrnn | sb3-contrib | jaxrnn - sb3-contrib |", "|---|---|---|---|",
+              f"| mean | {f1(st['mean'][0])} {ci(st['mean_ci'][0])} | {f1(st['mean'][1])} {ci(st['mean_ci'][1])} | "
+              f"{st['mean_diff']:+.1f} {ci(st['mean_diff_ci'])} |",
+              f"| interquartile mean | {f1(st['iqm'][0])} {ci(st['iqm_ci'][0])} | {f1(st['iqm'][1])} {ci(st['iqm_ci'][1])} | "
+              f"{st['iqm_diff']:+.1f} {ci(st['iqm_diff_ci'])} |",
+              f"| median | {f1(st['median'][0])} | {f1(st['median'][1])} | |",
+              f"| seeds at 500 | {st['at_500'][0]} of {st['n'][0]} | {st['at_500'][1]} of {st['n'][1]} | |",
+              f"| seeds at 450 or more | {st['at_450'][0]} of {st['n'][0]} | {st['at_450'][1]} of {st['n'][1]} | |",
+              "", f"Probability that a jaxrnn seed ends above an sb3-contrib seed (ties count half): "
+              f"{st['prob_improvement']:.3f} [{st['prob_improvement_ci'][0]:.3f}, {st['prob_improvement_ci'][1]:.3f}]."]
     quiet = [r for r in sb3["runs"] if r.get("condition", "").startswith("quiet")]
     if quiet:
         w = np.median([r["train_wall_s"] for r in quiet])
@@ -222,7 +276,11 @@ def table(sb3_path=RESULTS, jaxrnn_path=JAXRNN, out=None, more_path=JAXRNN_MORE)
         if one:
             lines.append(f"- one jaxrnn training run (seed {one['seeds'][0]} alone): {one['train_wall_s'] / w:.3f};")
         lines.append(f"- jaxrnn's {n} seeds in one vmap, all of them: {mem['train_wall_s'] / w:.3f} "
-                     f"({mem['train_wall_s'] / n / w:.3f} per seed).")
+                     f"({mem['train_wall_s'] / n / w:.3f} per seed);")
+        lines.append(f"- the same {n} seeds as sb3-contrib trains them on these 2 cores, one process per core "
+                     f"(as its quiet runs ran): at least {n / 2:g} x {w:.0f} s = {n / 2 * w:.0f} s (derived from the "
+                     f"median, not timed as one batch), against jaxrnn's {mem['train_wall_s']:.0f} s: "
+                     f"{mem['train_wall_s'] / (n / 2 * w):.3f}.")
     c = [r["train_cpu_s"] for r in sb3["runs"] if "train_cpu_s" in r]
     if c and cpu:
         lines.append(f"CPU time over sb3-contrib's (median of {len(c)} runs, {np.median(c):.0f} s): "

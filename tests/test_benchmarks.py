@@ -256,3 +256,33 @@ def test_ab_revision_times_the_same_programs():
                                            rtol=1e-5, atol=1e-7, err_msg=f"{name} {mode}")
     finally:
         sys.modules.pop("benchmarks_ab_revision", None)
+
+
+def test_recurrent_ppo_comparison_statistics(tmp_path):
+    """The PPO comparison's aggregates over seeds: the interquartile mean is the mean of the
+    middle half, the probability of improvement counts ties half, each bootstrap interval
+    holds its point estimate, and the table reports the committed runs' means."""
+    ppo = _load("recurrent_ppo_sb3")
+    try:
+        x = [500.0, 500.0, 224.9, 500.0, 466.1, 100.0, 500.0, 480.0]
+        assert ppo.iqm(x) == pytest.approx(np.sort(x)[2:6].mean())
+        assert ppo.iqm([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(3.0)   # 5 // 4 = 1 cut from each end
+        y = [500.0] * 5 + [300.0]
+        st = ppo.compare(x, y, n_boot=2000)
+        assert st["mean"] == pytest.approx([np.mean(x), np.mean(y)])
+        assert st["mean_diff"] == pytest.approx(np.mean(x) - np.mean(y))
+        for key in ("mean_diff", "iqm_diff", "prob_improvement"):
+            lo, hi = st[key + "_ci"]
+            assert lo <= st[key] <= hi, key
+        # P(x > y) + P(x = y) / 2 over all pairs, by a plain loop
+        want = np.mean([(a > b) + 0.5 * (a == b) for a in x for b in y])
+        assert st["prob_improvement"] == pytest.approx(want)
+        assert ppo.compare(x, x, n_boot=1000)["prob_improvement"] == pytest.approx(0.5)
+        assert st["at_500"] == [4, 5] and st["n"] == [8, 6]
+
+        text = ppo.table(out=str(tmp_path / "table.md"))
+        sb3 = json.loads((BENCH / "results" / "recurrent_ppo_sb3.json").read_text())
+        sb3_mean = np.mean([r["eval_return_mean"] for r in sb3["runs"]])
+        assert "| mean | " in text and f"| {sb3_mean:.1f} [" in text
+    finally:
+        sys.modules.pop("benchmarks_recurrent_ppo_sb3", None)
