@@ -1,8 +1,8 @@
 """A pytest plugin that records every relative RMS error the reference tests compute.
 
-The matrix-cell tests (``test_matrix.py``, ``test_zoo_deltanet.py``, ``test_zoo_gla.py``,
-``test_zoo_mamba2.py``, ``test_zoo_mlstm.py``) measure each comparison with a module-level
-``rel_rms(got, want)``. This plugin wraps that function in each test's module while the test runs
+The reference tests (``test_matrix.py`` and the ``test_zoo_*.py`` modules) measure each
+comparison with ``rel_rms(got, want)`` from ``_numerics``, imported by name into each module.
+This plugin wraps that name in each test's module while the test runs
 and appends, per test, the number of comparisons and the largest error to a JSON-lines file::
 
     JAXRNN_ERROR_REPORT=/tmp/errors.jsonl pytest -p _error_report tests/test_matrix.py ...

@@ -16,15 +16,12 @@ from jax.test_util import check_grads
 from jaxrnn.matrix import matrix_scan
 from _compat import enable_x64
 from _fla_ref import naive
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
 F32, BF16 = 1e-5, 2e-3
 
-
-def rel_rms(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.sqrt(np.mean((got - want) ** 2) / max(np.mean(want ** 2), 1e-300)))
 
 
 def make(key, B, T, H, dk, dv, *, per_channel=False, delta=True, gate_scale=1.0, reset_p=0.0, dtype=jnp.float32):

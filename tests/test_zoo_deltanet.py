@@ -11,15 +11,12 @@ import pytest
 
 import jaxrnn
 from jaxrnn.zoo.deltanet import MatrixCellState, deltanet, gated_deltanet
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
 F32 = 1e-5
 
-
-def rel_rms(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.sqrt(np.mean((got - want) ** 2) / max(np.mean(want ** 2), 1e-300)))
 
 
 CELLS = {

@@ -16,6 +16,7 @@ import pytest
 import jaxrnn
 from jaxrnn.zoo.mamba2 import Mamba2State, mamba2
 from _compat import enable_x64
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
@@ -23,12 +24,6 @@ pytest.importorskip("jaxrnn.matrix")
 
 B, I = 3, 12
 
-
-def rel_rms(x, ref) -> float:
-    """fla's metric: RMS of the difference over the RMS of the reference."""
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert x.shape == ref.shape, (x.shape, ref.shape)
-    return float(np.sqrt(np.mean((x - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-30))
 
 
 def tree_rel_rms(a, b) -> float:

@@ -13,17 +13,12 @@ import pytest
 
 import jaxrnn
 from jaxrnn.zoo.rglru import MAX_SQRT_GRADIENT, RGLRUParams, RGLRUState, rglru, sqrt_bound_derivative
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
 T, BATCH, D, HEADS = 29, (2, 3), 6, 2
 
-
-def rel_rms(x, ref) -> float:
-    """Relative RMS error of ``x`` against ``ref``, float64."""
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert x.shape == ref.shape, (x.shape, ref.shape)
-    return float(np.sqrt(np.mean((x - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-30))
 
 
 def step_loop(cell, params, h, xs, lengths, resets, reset_state, reverse):

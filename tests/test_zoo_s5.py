@@ -14,16 +14,12 @@ import pytest
 
 from _compat import enable_x64
 from jaxrnn.zoo.lru import LRUState, hippo_diagonal, lru
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
 T, BATCH, H, N = 23, (2, 3), 5, 4
 
-
-def rel_rms(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert x.shape == ref.shape, (x.shape, ref.shape)
-    return float(np.sqrt(np.mean((x - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-30))
 
 
 # --------------------------------------------------------------------------- S5's ssm_init.py, as written there

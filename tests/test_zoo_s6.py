@@ -14,17 +14,13 @@ import pytest
 
 import jaxrnn
 from jaxrnn.zoo.s6 import S6State, s6
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
 T, BATCH, M = 29, (2, 3), 4
 CELL = dict(state_size=3, expand=2, conv_size=3, bias=True, chunk_size=8)
 
-
-def rel_rms(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert x.shape == ref.shape, (x.shape, ref.shape)
-    return float(np.sqrt(np.mean((x - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-30))
 
 
 def step_loop(cell, params, h, xs, lengths, resets, reset_state, reverse):

@@ -13,16 +13,12 @@ import pytest
 import jaxrnn
 from jaxrnn.newton import Newton
 from jaxrnn.zoo.slstm import SLSTMParams, SLSTMState, slstm
+from _numerics import rel_rms
 
 pytestmark = pytest.mark.slow  # long compiles (the zoo's references and chunked forms): outside the fast lane (`pytest -m "not slow"`)
 
 T, BATCH, I, H, HEADS = 17, (2, 3), 3, 4, 2
 
-
-def rel_rms(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    assert x.shape == ref.shape, (x.shape, ref.shape)
-    return float(np.sqrt(np.mean((x - ref) ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-30))
 
 
 def random_params(seed, scale=0.5):
