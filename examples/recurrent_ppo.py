@@ -513,7 +513,9 @@ def plot(records, path):
     axes[1].set(title="training episodes (stochastic policy)", xlabel="env steps", ylabel="return")
     axes[0].axhline(500, color="gray", ls=":")
     axes[0].legend()
-    fig.suptitle("Recurrent PPO (jaxrnn LSTM 64 actor + critic) on CartPoleNoVel; control: reset every step")
+    control = any(rec["label"] == "control" for rec in records)
+    fig.suptitle("Recurrent PPO (jaxrnn LSTM 64 actor + critic) on CartPoleNoVel"
+                 + ("; control: reset every step" if control else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
