@@ -19,6 +19,9 @@ JSON as each seed finishes, so a long run can be stopped and still leave its fin
 Run::
 
         python benchmarks/recurrent_ppo_sb3.py --seeds 0 1 2
+        # or one process per core, sharing the results file:
+        python benchmarks/recurrent_ppo_sb3.py --seeds 9 11 & python benchmarks/recurrent_ppo_sb3.py --seeds 10 12
+        python benchmarks/recurrent_ppo_sb3.py --table    # the markdown table beside the JSON
 """
 
 from __future__ import annotations
@@ -133,13 +136,30 @@ def header(note=""):
         note=note, runs=[])
 
 
+def _append(out, run, note):
+    """Adds one seed's run to the JSON at ``out`` under a file lock, rereading the file first,
+    so that several processes (one per core) can share one results file."""
+    with open(out + ".lock", "w") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # no fcntl (Windows): run one process per results file
+            pass
+        if os.path.exists(out):
+            with open(out) as f:
+                record = json.load(f)
+        else:
+            record = header(note)
+        record["runs"].append(run)
+        with open(out, "w") as f:
+            json.dump(record, f, indent=1)
+    return record
+
+
 def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESULTS,
          note="", condition=""):
-    if os.path.exists(out):
-        with open(out) as f:
-            record = json.load(f)
-    else:
-        record = header(note)
+    record = None
     for seed in seeds:
         print(f"sb3-contrib RecurrentPPO seed {seed}: training {total_timesteps} steps", flush=True)
         r = run_seed(seed, total_timesteps, n_eval_episodes)
@@ -148,9 +168,7 @@ def main(seeds=(0, 1, 2), total_timesteps=100_000, n_eval_episodes=20, out=RESUL
         print(f"  seed {seed}: {r['train_wall_s']:.1f} s to {r['env_steps']} steps, "
                     f"deterministic return {r['eval_return_mean']:.1f} +- {r['eval_return_std']:.1f} "
                     f"({n_eval_episodes} episodes), load {r['load_at_end']}", flush=True)
-        record["runs"].append(r)
-        with open(out, "w") as f:
-            json.dump(record, f, indent=1)
+        record = _append(out, r, note)
     return record
 
 

@@ -286,3 +286,27 @@ def test_recurrent_ppo_comparison_statistics(tmp_path):
         assert "| mean | " in text and f"| {sb3_mean:.1f} [" in text
     finally:
         sys.modules.pop("benchmarks_recurrent_ppo_sb3", None)
+
+
+def _append_runs(path, start):
+    ppo = _load("recurrent_ppo_sb3")
+    for i in range(start, start + 200):
+        ppo._append(path, {"seed": i}, "")
+
+
+def test_recurrent_ppo_sb3_processes_share_one_results_file(tmp_path):
+    """Two processes appending seeds to one JSON keep every run (each append rereads the
+    file under a lock)."""
+    import multiprocessing
+
+    path = str(tmp_path / "runs.json")
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": []}))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_runs, args=(path, s)) for s in (0, 1000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    seeds = sorted(r["seed"] for r in json.loads((tmp_path / "runs.json").read_text())["runs"])
+    assert seeds == list(range(200)) + list(range(1000, 1200))
