@@ -87,3 +87,20 @@ def test_nnx_rnn_chunked_equals_sequential(name):
     # The module runs the functional cell on its params.
     c = jaxrnn.unroll(cell, rnn.params, h0, xs, seq_lengths=lengths, resets=resets, mode="chunked", chunk_size=8)
     assert tree_rel_rms(a, c) <= 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_mixed_stack_runs_in_either_parallel_mode(name):
+    """A stack of minGRU (associative or chunked) and a matrix-state cell (chunked only) runs
+    with ``mode="associative"``: the matrix cell takes it as its chunked form. Both parallel
+    modes agree with the sequential scan."""
+    from jaxrnn.zoo import min_gru
+
+    net = jaxrnn.stack([min_gru(I), CELLS[name]()])
+    params = nonzero(net.init(jax.random.key(0), input_size=I), jax.random.key(7))
+    xs, lengths, resets = data()
+    h0 = random_like(net.initial_state((3,)), jax.random.key(4))
+    run = lambda mode: jax.jit(lambda p, h: net(p, h, xs, seq_lengths=lengths, resets=resets, mode=mode))(params, h0)
+    seq = run("sequential")
+    assert tree_rel_rms(run("associative"), seq) <= 1e-5
+    assert tree_rel_rms(run("chunked"), seq) <= 1e-5

@@ -111,7 +111,7 @@ def test_errors(key):
     with pytest.raises(ValueError, match="`reverse"):
         cell.parallel_unroll(params, h, xs, reverse=True)
     with pytest.raises(ValueError, match="`mode`"):
-        cell.parallel_unroll(params, h, xs, mode="associative")
+        cell.parallel_unroll(params, h, xs, mode="scan")
     with pytest.raises(ValueError, match="params.q_proj"):
         cell.step(params._replace(q_proj=jnp.zeros((3, 5))), None, jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match="h.S"):

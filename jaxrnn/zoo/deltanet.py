@@ -42,7 +42,7 @@ Array = jax.Array
 __all__ = ["MatrixCellState", "GatedDeltaNetParams", "GatedDeltaNetCell", "gated_deltanet", "deltanet",
            "MatrixCell"]
 
-_PAR_MODES = ("sequential", "chunked")
+_PAR_MODES = ("sequential", "associative", "chunked")  # "associative" is taken as "chunked"
 
 
 class MatrixCellState(NamedTuple):
@@ -221,7 +221,10 @@ class MatrixCell:
           reset_state: a :class:`MatrixCellState` (leaves broadcastable to ``h``'s) the
             segments start from, or None for zeros.
           reverse: must be False.
-          mode: ``"chunked"`` or ``"sequential"`` (of ``matrix_scan``).
+          mode: ``"chunked"`` or ``"sequential"`` (of ``matrix_scan``). ``"associative"`` is
+            taken as ``"chunked"``, the only parallel form of a matrix-state cell (as for
+            Mamba-2 and mLSTM), so that a stack mixing it with diagonal cells runs in either
+            parallel mode.
           chunk_size: steps per chunk; None for the cell's ``chunk_size``.
 
         Returns:
@@ -284,7 +287,7 @@ class MatrixCell:
             log_decay = log_decay[..., 0]
         S, o = matrix_scan(q, k, v, log_decay, beta, h.S,
                            seq_lengths=lengths, resets=resets, reset_state=None if R is None else R.S,
-                           time_major=True, mode=mode,
+                           time_major=True, mode="sequential" if mode == "sequential" else "chunked",
                            chunk_size=chunk_size or self.chunk_size or DEFAULT_CHUNK_SIZE, scale=self.scale)
         ys = self._finish(params, o, gate, xs.dtype)
         if lengths is not None:
