@@ -34,7 +34,7 @@ Run::
 
     python examples/state_tracking.py                 # every model once: 9.5 minutes on a 2-core CPU
     python examples/state_tracking.py --seeds 3       # three seeds (mean, std, min/max per length)
-    python examples/state_tracking.py --smoke         # a few seconds, for the tests
+    python examples/state_tracking.py --smoke         # tiny settings, for the tests
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default=os.path.join(RESULTS, "state_tracking"),
                    help="writes OUT.json and OUT.png")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="tiny settings: a few seconds")
+    p.add_argument("--smoke", action="store_true", help="tiny settings, for the tests: about 45 s for every model on one task (2-core CPU)")
     a = p.parse_args()
     kw = dict(tasks=tuple(a.tasks), models=tuple(a.models), seeds=a.seeds, width=a.width, batch_size=a.batch_size,
               steps=a.steps, learning_rate=a.lr, test_size=a.test_size, json_path=a.out + ".json",

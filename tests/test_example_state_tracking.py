@@ -127,15 +127,18 @@ def test_main_trains_and_records_one_cheap_model(st, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_writes_every_model(tmp_path):
+    """The command line trains every model. One task (mod5, the one with more classes): the
+    two tasks differ only in the number of classes, and parity goes through ``main`` above;
+    both tasks took 150 s here, almost all of it compiling."""
     out = tmp_path / "st"
-    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--out", str(out)], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--tasks", "mod5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "st.json").read_text())
-    assert set(results["tasks"]) == {"parity", "mod5"}
-    for task in ("parity", "mod5"):
-        assert set(results["tasks"][task]) == {"gdn01", "gdn02", "mamba2", "slstm", "lstm", "mingru"}
-        for r in results["tasks"][task].values():
-            assert set(r["accuracy"]) == {"12", "20"}
+    assert set(results["tasks"]) == {"mod5"}
+    assert set(results["tasks"]["mod5"]) == {"gdn01", "gdn02", "mamba2", "slstm", "lstm", "mingru"}
+    for r in results["tasks"]["mod5"].values():
+        assert set(r["accuracy"]) == {"12", "20"}
+        assert all(0.0 <= a["mean"] <= 1.0 for a in r["accuracy"].values())
     assert (tmp_path / "st.png").stat().st_size > 0
     assert "total wall time" in proc.stdout
