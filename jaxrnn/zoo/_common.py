@@ -26,6 +26,19 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+MATRIX_MODES = ("sequential", "associative", "chunked")
+
+
+def matrix_mode(mode, cell) -> str:
+    """The form a matrix-state cell (Gated DeltaNet, DeltaNet, GLA, Mamba-2, mLSTM) runs for
+    ``mode``: ``"sequential"`` or ``"chunked"``. ``"associative"`` is taken as ``"chunked"``,
+    their only parallel form, so that a stack mixing them with diagonal cells (minGRU, LRU)
+    runs in either parallel mode."""
+    if mode not in MATRIX_MODES:
+        raise ValueError(f"`mode` must be one of {MATRIX_MODES} for {cell!r}; got {mode!r}.")
+    return "sequential" if mode == "sequential" else "chunked"
+
+
 def check_init(init: str) -> str:
     if init not in INITS:
         raise ValueError(f"`init` must be one of {INITS}; got {init!r}.")

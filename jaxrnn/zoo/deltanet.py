@@ -42,8 +42,6 @@ Array = jax.Array
 __all__ = ["MatrixCellState", "GatedDeltaNetParams", "GatedDeltaNetCell", "gated_deltanet", "deltanet",
            "MatrixCell"]
 
-_PAR_MODES = ("sequential", "associative", "chunked")  # "associative" is taken as "chunked"
-
 
 class MatrixCellState(NamedTuple):
     """State of a matrix-state layer: ``S [*batch, heads, d_k, d_v]`` (float32) and
@@ -234,8 +232,7 @@ class MatrixCell:
         Raises:
           ValueError: for ``reverse=True`` (not supported in parallel).
         """
-        if mode not in _PAR_MODES:
-            raise ValueError(f"`mode` must be one of {_PAR_MODES} for {self!r}; got {mode!r}.")
+        mode = C.matrix_mode(mode, self)
         if reverse:
             raise ValueError(f"`reverse=True` is not supported by the parallel form of {self!r}; "
                              "use mode='sequential'.")
@@ -287,7 +284,7 @@ class MatrixCell:
             log_decay = log_decay[..., 0]
         S, o = matrix_scan(q, k, v, log_decay, beta, h.S,
                            seq_lengths=lengths, resets=resets, reset_state=None if R is None else R.S,
-                           time_major=True, mode="sequential" if mode == "sequential" else "chunked",
+                           time_major=True, mode=mode,
                            chunk_size=chunk_size or self.chunk_size or DEFAULT_CHUNK_SIZE, scale=self.scale)
         ys = self._finish(params, o, gate, xs.dtype)
         if lengths is not None:

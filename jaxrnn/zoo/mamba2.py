@@ -48,8 +48,6 @@ Array = jax.Array
 
 __all__ = ["Mamba2Params", "Mamba2State", "Mamba2Cell", "mamba2"]
 
-MODES = ("sequential", "associative", "chunked")
-
 
 class Mamba2Params(NamedTuple):
     """Mamba-2 parameters (see the module docstring for shapes)."""
@@ -311,8 +309,7 @@ class Mamba2Cell:
         """
         from jaxrnn.matrix import matrix_scan
 
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+        mode = C.matrix_mode(mode, self)
         if reverse:
             raise ValueError(f"`reverse=True` is not supported by {self!r}'s parallel form; "
                              "use mode='sequential' to run it backwards.")
@@ -375,7 +372,7 @@ class Mamba2Cell:
         sdt = ssm0.dtype
         q, k, v, log_decay, xh = self._ssm_inputs(params, xbc, dt_raw, sdt)
         S, y = matrix_scan(q, k, v, log_decay, h0=ssm0, seq_lengths=lengths, resets=flags,
-                           time_major=True, mode="sequential" if mode == "sequential" else "chunked",
+                           time_major=True, mode=mode,
                            chunk_size=chunk_size)
         S, y = S.astype(sdt), y.astype(sdt)
         if use_reset:  # S after a reset: the scan's (from zero) plus the reset state decayed since the reset

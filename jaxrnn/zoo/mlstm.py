@@ -54,7 +54,6 @@ Array = jax.Array
 
 __all__ = ["MLSTMParams", "MLSTMState", "MLSTMCell", "mlstm", "mlstm_step", "mlstm_chunkwise"]
 
-MODES = ("sequential", "associative", "chunked")
 _NEG = -1e30  # a log-weight that is zero after exp, finite so that no inf - inf appears
 
 
@@ -419,8 +418,7 @@ class MLSTMCell:
         Raises:
           ValueError: ``reverse=True``, or an unknown ``mode``.
         """
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+        mode = C.matrix_mode(mode, self)
         if reverse:
             raise ValueError(f"`reverse=True` is not supported by {self!r}'s parallel form; "
                              "use mode='sequential' to run it backwards.")
